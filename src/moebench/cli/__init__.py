@@ -1,0 +1,1 @@
+"""Command-line stages: one module per pipeline stage, each with ``main(argv=None) -> int``."""

@@ -1,0 +1,110 @@
+"""Train runs under the DomainBed protocol.
+
+Two ways in:
+
+* a batch of a sweep plan (what the workflow does; several runs per process)::
+
+    python -m moebench.cli.train --plan results/sweep/plan.json --batch rotated_digits/gmoe/b000
+
+* one run, DomainBed style::
+
+    python -m moebench.cli.train --dataset rotated_digits --data-path data/rotated_digits.npz \
+        --algorithm gmoe --test-envs 0 --hparams-file params/hparams.yaml --output-dir out/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from moebench.cli.common import run_main, setup_logging
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="moebench.cli.train", description=__doc__.split("\n")[0])
+    p.add_argument("--plan", help="sweep plan JSON (with --batch)")
+    p.add_argument("--batch", help="batch key in the plan, e.g. rotated_digits/gmoe/b000")
+    p.add_argument("--marker", help="file written when the whole batch is done")
+    p.add_argument("--dataset")
+    p.add_argument("--data-path")
+    p.add_argument("--algorithm")
+    p.add_argument("--test-envs", type=int, nargs="+", default=[0])
+    p.add_argument("--hparams-file", help="YAML with an 'hparams' section (params/hparams.yaml)")
+    p.add_argument("--hparams", default="{}", help="JSON overrides of single hparams")
+    p.add_argument("--hparams-seed", type=int, default=0)
+    p.add_argument("--trial-seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--checkpoint-freq", type=int, default=20)
+    p.add_argument("--holdout-fraction", type=float, default=0.2)
+    p.add_argument("--output-dir")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def single_run_spec(args: argparse.Namespace):
+    """Build the RunSpec of a stand-alone run from CLI flags."""
+    from moebench.hparams import resolve_hparams, seed_hash
+    from moebench.sweep import RunSpec
+
+    for flag in ("dataset", "data_path", "algorithm", "hparams_file", "output_dir"):
+        if getattr(args, flag) is None:
+            raise ValueError(f"--{flag.replace('_', '-')} is required without --plan")
+    section = yaml.safe_load(Path(args.hparams_file).read_text()).get("hparams")
+    if not section:
+        raise ValueError(f"{args.hparams_file} has no 'hparams' section")
+    hparams = resolve_hparams(section, args.dataset, args.algorithm, args.hparams_seed, args.trial_seed)
+    overrides = json.loads(args.hparams)
+    unknown = sorted(set(overrides) - set(hparams))
+    if unknown:
+        raise ValueError(f"--hparams: unknown hparam {unknown[0]!r} for {args.algorithm}")
+    hparams.update(overrides)
+    test_envs = tuple(sorted(args.test_envs))
+    return RunSpec(
+        dataset=args.dataset, algorithm=args.algorithm, test_envs=test_envs,
+        hparams_seed=args.hparams_seed, trial_seed=args.trial_seed,
+        seed=seed_hash(args.dataset, args.algorithm, list(test_envs), args.hparams_seed, args.trial_seed),
+        steps=args.steps, checkpoint_freq=args.checkpoint_freq, holdout_fraction=args.holdout_fraction,
+        hparams=hparams,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    setup_logging(args.verbose)
+
+    def body() -> int:
+        import torch
+
+        from moebench import train
+        from moebench.io import atomic_write_text
+        from moebench.sweep import read_plan
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        device = train.resolve_device(args.device)
+        progress = {"auto": None, "on": True, "off": False}[args.progress]
+        if args.plan:
+            if not args.batch:
+                raise ValueError("--plan needs --batch")
+            dirs = train.train_batch(read_plan(args.plan), args.batch, device, progress)
+            if args.marker:
+                atomic_write_text(args.marker, "".join(f"{d}\n" for d in dirs))
+            return 0
+        from moebench.datasets import load_dataset
+
+        spec = single_run_spec(args)
+        dataset = load_dataset(spec.dataset, args.data_path)
+        train.train_run(spec, dataset, args.data_path, args.output_dir, device, progress)
+        return 0
+
+    return run_main(body, "moebench.cli.train")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Batched FFN experts stored as plain stacked tensors.
+
+Layout (nn.Linear convention, one slice per expert, so ``fc1_weight[e]`` is exactly a
+timm ``Mlp.fc1.weight``):
+  fc1_weight [E, H, D], fc1_bias [E, H] | None, fc2_weight [E, D_out, H], fc2_bias [E, D_out] | None
+Expert e computes ``fc2(norm_e(drop(act(fc1(x)))))``. To duplicate an expert (MASS
+expansion) call :meth:`copy_expert` under ``torch.no_grad()``; parameters never change
+shape, so optimizers need no surgery.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _Fn(nn.Module):
+    """Wrap a plain callable (Tutel's ``activation_fn``) as a module."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def as_module(act: Union[nn.Module, type, Callable[[Tensor], Tensor]]) -> nn.Module:
+    """An activation given as a module, a module class (timm ``act_layer``) or a callable."""
+    if isinstance(act, nn.Module):
+        return act
+    if isinstance(act, type) and issubclass(act, nn.Module):
+        return act()
+    if callable(act):
+        return _Fn(act)
+    raise ValueError(f"activation must be a module, module class or callable, got {act!r}")
+
+
+class BatchedExperts(nn.Module):
+    """E independent FFN experts D -> H -> D_out with stacked parameters."""
+
+    def __init__(self, num_experts: int, in_features: int, hidden_features: int,
+                 out_features: int, act: Union[nn.Module, type, Callable] = nn.GELU,
+                 norm_layer: Optional[type] = None, bias: tuple[bool, bool] = (True, True),
+                 drop: float = 0.0, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.num_experts = num_experts
+        self.in_features, self.hidden_features = in_features, hidden_features
+        self.out_features = out_features
+        E, D, H, O = num_experts, in_features, hidden_features, out_features
+        self.fc1_weight = nn.Parameter(torch.empty(E, H, D, **dd))
+        self.fc1_bias = nn.Parameter(torch.empty(E, H, **dd)) if bias[0] else None
+        self.fc2_weight = nn.Parameter(torch.empty(E, O, H, **dd))
+        self.fc2_bias = nn.Parameter(torch.empty(E, O, **dd)) if bias[1] else None
+        self.act = as_module(act)
+        self.drop = nn.Dropout(drop)
+        self.norms = nn.ModuleList([norm_layer(H, **dd) for _ in range(E)]) \
+            if norm_layer is not None else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's default init, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        for w, b, fan_in in ((self.fc1_weight, self.fc1_bias, self.in_features),
+                             (self.fc2_weight, self.fc2_bias, self.hidden_features)):
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(w, -bound, bound)
+            if b is not None:
+                nn.init.uniform_(b, -bound, bound)
+
+    def _bias(self, b: Optional[Tensor], e: int) -> Optional[Tensor]:
+        return None if b is None else b[e]
+
+    def expert_forward(self, e: int, x: Tensor) -> Tensor:
+        """Expert e on rows x [n, D] -> [n, D_out]."""
+        h = self.drop(self.act(F.linear(x, self.fc1_weight[e], self._bias(self.fc1_bias, e))))
+        if self.norms is not None:
+            h = self.norms[e](h)
+        return F.linear(h, self.fc2_weight[e], self._bias(self.fc2_bias, e))
+
+    def forward_grouped(self, x: Tensor, counts: list[int]) -> Tensor:
+        """x [N, D] grouped by expert (``counts[e]`` contiguous rows each) -> [N, D_out].
+
+        Each expert runs its GEMMs on its own contiguous block; empty experts cost nothing.
+        """
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.out_features)
+        outs = [self.expert_forward(e, seg)
+                for e, seg in enumerate(torch.split(x, counts)) if counts[e] > 0]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    @torch.no_grad()
+    def copy_expert(self, src: int, dst: int) -> None:
+        """Copy expert ``src``'s parameters (and norm) into slot ``dst``."""
+        for p in (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias):
+            if p is not None:
+                p[dst].copy_(p[src])
+        if self.norms is not None:
+            self.norms[dst].load_state_dict(self.norms[src].state_dict())
+
+    @torch.no_grad()
+    def load_dense(self, fc1: nn.Linear, fc2: nn.Linear, norm: Optional[nn.Module] = None) -> None:
+        """Copy a dense FFN (fc1, fc2, optional hidden norm) into every expert."""
+        pairs = ((self.fc1_weight, fc1.weight), (self.fc1_bias, fc1.bias),
+                 (self.fc2_weight, fc2.weight), (self.fc2_bias, fc2.bias))
+        for mine, theirs in pairs:
+            if (mine is None) != (theirs is None):
+                raise ValueError("dense MLP bias layout differs from the experts' (bias=...)")
+            if mine is None:
+                continue
+            if tuple(mine.shape[1:]) != tuple(theirs.shape):
+                raise ValueError(f"dense MLP shape {tuple(theirs.shape)} does not match "
+                                 f"expert shape {tuple(mine.shape[1:])}")
+            mine.copy_(theirs.detach().unsqueeze(0).expand_as(mine))
+        if self.norms is not None and norm is not None:
+            for n in self.norms:
+                n.load_state_dict(norm.state_dict())
