@@ -168,7 +168,7 @@ class RunState:
 
     def save(self, algorithm: Any, step: int) -> None:
         state = {"algorithm": algorithm.checkpoint_state(), "rng": rng_state(), "step": step}
-        atomic_write(self.checkpoint, lambda p: torch.save(state, p))
+        atomic_write(self.checkpoint, lambda fh: torch.save(state, fh))
 
     def append(self, record: Mapping[str, Any]) -> None:
         with open(self.results, "a") as f:

@@ -3,12 +3,16 @@
 import sys
 from pathlib import Path
 
+from snakemake.utils import validate
+
 from moebench.config import ParamsError, validate_params
 from moebench.hparams import HparamsError
 from moebench.sweep import batch_runs, enumerate_runs, write_plan
 
 PY = f"{sys.executable} -m"
-PARAM_FILES = [str(f) for f in workflow.configfiles]
+# params files in merge order: the workflow's own, then --configfile overrides (which win)
+_OVERRIDES = [str(f) for f in workflow.overwrite_configfiles]
+PARAM_FILES = [str(f) for f in workflow.configfiles if str(f) not in _OVERRIDES] + _OVERRIDES
 
 
 def _fail(message):

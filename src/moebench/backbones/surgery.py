@@ -49,7 +49,8 @@ def _mlp_dims(mlp: nn.Module) -> dict[str, Any]:
     """Constructor keywords of a MoELayer matching a timm ``Mlp`` (fc1 -> act -> fc2)."""
     fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
     if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
-        raise TypeError(f"MoE surgery needs a timm Mlp with Linear fc1/fc2, got {type(mlp).__name__}")
+        raise TypeError("MoE surgery needs a timm Mlp with Linear fc1/fc2, "
+                        f"got {type(mlp).__name__}")
     drop = getattr(mlp, "drop1", None)
     return {"in_features": fc1.in_features, "hidden_features": fc1.out_features,
             "out_features": fc2.out_features, "act_layer": type(mlp.act),
@@ -57,14 +58,25 @@ def _mlp_dims(mlp: nn.Module) -> dict[str, Any]:
             "device": fc1.weight.device, "dtype": fc1.weight.dtype}
 
 
+def vit_init_linears(module: nn.Module) -> None:
+    """GMoE/timm ViT init of every ``nn.Linear`` in ``module``: trunc_normal(std .02), bias 0."""
+    for sub in module.modules():
+        if isinstance(sub, nn.Linear):
+            nn.init.trunc_normal_(sub.weight, std=0.02)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+
+
 def apply_moe(model: nn.Module, blocks: Sequence[int], upcycle: bool = True,
-              **moe_kwargs: Any) -> list[str]:
+              vit_init_router: bool = True, **moe_kwargs: Any) -> list[str]:
     """Replace ``model.blocks[i].mlp`` for each ``i`` in ``blocks`` by a ``MoELayer``.
 
     The layer gets the block's dims (D -> hidden -> D, same activation, bias, dropout); with
     ``upcycle`` every expert is loaded from the dense MLP (``layer.load_dense_mlp``).
     ``moe_kwargs`` go to ``MoELayer`` (num_experts, router, k, capacity_factor, gate_noise,
-    batch_prioritized, expert_drop, router_kwargs). Returns the replaced module names.
+    batch_prioritized, expert_drop, router_kwargs). ``vit_init_router`` re-initialises the
+    router's Linear layers as GMoE's ViT ``init_weights`` does (trunc_normal .02, zero bias).
+    Returns the replaced module names.
     """
     from moebench.moe import MoELayer
 
@@ -76,6 +88,8 @@ def apply_moe(model: nn.Module, blocks: Sequence[int], upcycle: bool = True,
     for i in indices:
         dense = model_blocks[i].mlp
         layer = MoELayer(**_mlp_dims(dense), **moe_kwargs)
+        if vit_init_router:
+            vit_init_linears(layer.router)
         if upcycle:
             layer.load_dense_mlp(dense)
         model_blocks[i].mlp = layer

@@ -48,8 +48,14 @@ def vit_digits(hparams: Mapping[str, Any], input_shape: tuple[int, int, int],
     if hparams.get("pretrained") == "timm":
         raise ValueError("pretrained='timm' has no hub weights for backbone 'vit_digits'; "
                          "use null or a local checkpoint path")
+    size, patch = _image_size(input_shape), int(hparams["patch_size"])
+    if size[0] % patch or size[1] % patch:
+        raise ValueError(f"hparam patch_size={patch} does not divide the image size {size}")
+    if int(hparams["embed_dim"]) % int(hparams["num_heads"]):
+        raise ValueError(f"hparam embed_dim={hparams['embed_dim']} is not divisible by "
+                         f"num_heads={hparams['num_heads']}")
     model = VisionTransformer(
-        img_size=_image_size(input_shape), patch_size=int(hparams["patch_size"]),
+        img_size=size, patch_size=int(hparams["patch_size"]),
         in_chans=int(input_shape[0]), num_classes=int(num_classes),
         embed_dim=int(hparams["embed_dim"]), depth=int(hparams["depth"]),
         num_heads=int(hparams["num_heads"]), mlp_ratio=float(hparams["mlp_ratio"]),
@@ -66,10 +72,18 @@ def deit_small_patch16_224(hparams: Mapping[str, Any], input_shape: tuple[int, i
         if key in hparams and float(hparams[key]) != float(value):
             raise ValueError(f"hparam {key}={hparams[key]!r} conflicts with backbone "
                              f"deit_small_patch16_224 ({key}={value})")
-    model = timm.create_model(
-        "deit_small_patch16_224", pretrained=hparams.get("pretrained") == "timm",
-        num_classes=int(num_classes), drop_path_rate=float(hparams["drop_path_rate"]),
-        img_size=_image_size(input_shape), in_chans=int(input_shape[0]))
+    from_hub = hparams.get("pretrained") == "timm"
+    try:
+        model = timm.create_model(
+            "deit_small_patch16_224", pretrained=from_hub, num_classes=int(num_classes),
+            drop_path_rate=float(hparams["drop_path_rate"]), img_size=_image_size(input_shape),
+            in_chans=int(input_shape[0]))
+    except Exception as exc:  # noqa: BLE001 - hub/network failures -> one line
+        if not from_hub:
+            raise
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise PretrainedLoadError("cannot fetch timm hub weights for deit_small_patch16_224 "
+                                  f"(offline? use a local checkpoint path): {reason}") from None
     return _maybe_load_file(model, hparams.get("pretrained"))
 
 

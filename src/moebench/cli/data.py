@@ -20,6 +20,7 @@ class _ArgumentError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
+        """Raise instead of printing usage and exiting."""
         raise _ArgumentError(message)
 
 

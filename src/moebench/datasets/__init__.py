@@ -15,6 +15,7 @@ from moebench.datasets.base import (
     read_npz,
     write_npz_atomic,
 )
+from moebench.datasets import domainbed  # noqa: F401  (registers the DomainBed image sets)
 from moebench.datasets.digits import (
     ColoredDigits,
     RotatedDigits,
@@ -36,6 +37,7 @@ def build_dataset(name: str, out_path: Path | str, **params: Any) -> None:
     DATASETS.get(name).build(Path(out_path), **params)
 
 
-def load_dataset(name: str, path: Path | str) -> DomainDataset:
-    """Load a file built by :func:`build_dataset` for dataset ``name``."""
-    return DATASETS.get(name).load(Path(path))
+def load_dataset(name: str, path: Path | str, **kwargs: Any) -> DomainDataset:
+    """Load what :func:`build_dataset` wrote for ``name``; ``kwargs`` go to the class's
+    ``load`` (e.g. ``augment``/``test_envs`` for the DomainBed image sets)."""
+    return DATASETS.get(name).load(Path(path), **kwargs)

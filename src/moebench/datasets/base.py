@@ -55,7 +55,7 @@ def _umask() -> int:
 
 
 def write_npz_atomic(out_path: Path, envs: EnvArrays, meta: dict[str, Any]) -> None:
-    """Write per-env arrays ``[(x [N,C,H,W], y [N])...]`` and ``meta`` to ``out_path`` atomically."""
+    """Write per-env ``[(x [N,C,H,W], y [N]), ...]`` and ``meta`` to ``out_path`` atomically."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, sort_keys=True))}
@@ -78,7 +78,7 @@ def write_npz_atomic(out_path: Path, envs: EnvArrays, meta: dict[str, Any]) -> N
 
 
 def read_npz(path: Path) -> tuple[dict[str, Any], EnvArrays]:
-    """Read a file written by :func:`write_npz_atomic`; one-line :class:`DatasetFileError` if bad."""
+    """Read a :func:`write_npz_atomic` file; one-line :class:`DatasetFileError` if bad."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -102,6 +102,7 @@ class DomainDatasetSpec:
     PARAMS: ClassVar[dict[str, Any]] = {}  # build parameter -> default
     SOURCE: ClassVar[str] = ""
     NAME: ClassVar[str] = ""
+    EMBEDDED: ClassVar[bool] = False  # True: builds offline from data bundled with a package
 
     @classmethod
     def resolve_params(cls, **params: Any) -> dict[str, Any]:

@@ -118,6 +118,7 @@ class RotatedDigits(DomainDatasetSpec):
     INPUT_SHAPE: ClassVar[tuple[int, int, int]] = (1, 16, 16)
     PARAMS: ClassVar[dict[str, Any]] = {"seed": 0, "image_size": 16, "max_images": None}
     SOURCE: ClassVar[str] = DIGITS_SOURCE
+    EMBEDDED: ClassVar[bool] = True
 
     @classmethod
     def _make_envs(cls, params: dict[str, Any]) -> EnvArrays:
@@ -137,6 +138,7 @@ class ColoredDigits(DomainDatasetSpec):
     PARAMS: ClassVar[dict[str, Any]] = {
         "seed": 0, "image_size": 16, "max_images": None, "label_noise": 0.25}
     SOURCE: ClassVar[str] = DIGITS_SOURCE
+    EMBEDDED: ClassVar[bool] = True
 
     @classmethod
     def _make_envs(cls, params: dict[str, Any]) -> EnvArrays:

@@ -206,6 +206,23 @@ def _check(path: Path, name: str, size: int | None, sha256: str | None,
                     f"checksum mismatch for {name}: expected {algorithm} {expected}, got {got}")
 
 
+def _fetch_part(url: str, part: Path, size: int | None, retries: int, timeout: float,
+                progress: bool | None) -> None:
+    """Fill ``part`` with ``url``'s bytes: one transfer plus at most ``retries`` resumes."""
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, timeout, progress)
+            if size is not None and part.exists() and part.stat().st_size < size:
+                raise _Retryable(f"got {part.stat().st_size} of {size} bytes")
+            return
+        except (_Retryable, urllib.error.URLError, http.client.HTTPException, socket.timeout,
+                ConnectionError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            if attempt == retries:
+                raise DownloadError(f"download failed: {url}: {reason}") from None
+            log.info("resuming %s after: %s", part.name, reason)
+
+
 def download_file(url: str, dest: Path, *, part_dir: Path | None = None,
                   size: int | None = None, sha256: str | None = None, md5: str | None = None,
                   retries: int = 2, timeout: float = 60.0, progress: bool | None = None) -> Path:
@@ -227,18 +244,7 @@ def download_file(url: str, dest: Path, *, part_dir: Path | None = None,
             dest.unlink()
     part = Path(part_dir or dest.parent) / f"{dest.name}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(retries + 1):
-        try:
-            _transfer(url, part, timeout, progress)
-            if size is not None and part.exists() and part.stat().st_size < size:
-                raise _Retryable(f"got {part.stat().st_size} of {size} bytes")
-            break
-        except (_Retryable, urllib.error.URLError, http.client.HTTPException, socket.timeout,
-                ConnectionError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            if attempt == retries:
-                raise DownloadError(f"download failed: {url}: {reason}") from None
-            log.info("resuming %s after: %s", dest.name, reason)
+    _fetch_part(url, part, size, retries, timeout, progress)
     try:
         _check(part, dest.name, size, sha256, md5)
     except ChecksumError:

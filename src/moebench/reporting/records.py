@@ -163,11 +163,17 @@ def _results_of_run(run: Path) -> Path:
 def load_runs(runs: Iterable[str | os.PathLike[str]], *, require_done: bool = False) -> list[Record]:
     """Load the records of the given run directories (or ``results.jsonl`` paths), in order.
 
-    With ``require_done`` a run whose directory has no ``done`` marker is skipped (logged).
+    With ``require_done`` a run whose directory has no ``done`` marker is skipped (logged). A
+    run given twice is read once (duplicates would break leave-one-domain-out selection).
     """
     records: list[Record] = []
+    seen: set[Path] = set()
     for run in runs:
         path = _results_of_run(Path(run))
+        if path.resolve() in seen:
+            logger.warning("run given more than once, read once: %s", path.parent)
+            continue
+        seen.add(path.resolve())
         if require_done and not (path.parent / DONE_FILE).exists():
             logger.info("skipping unfinished run (no %s marker): %s", DONE_FILE, path.parent)
             continue

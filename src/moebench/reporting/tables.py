@@ -182,7 +182,7 @@ def build_report(records: Sequence[Record],
 def write_report(report: Report, out_dir: str | os.PathLike[str], *, routing: bool = True) -> list[Path]:
     """Write every table file under ``out_dir`` (each atomically); returns the paths written."""
     from moebench.reporting import render
-    from moebench.reporting.atomic import write_json_atomic, write_text_atomic
+    from moebench.io import atomic_write_json as write_json_atomic, atomic_write_text as write_text_atomic
     from moebench.reporting.routing import routing_csv, routing_markdown, routing_rows
 
     out = Path(out_dir)

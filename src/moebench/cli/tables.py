@@ -1,0 +1,73 @@
+"""Model selection and result tables from collected records.
+
+    python -m moebench.cli.tables --records results/records.jsonl --out results/tables \
+        [--algorithm-order erm gmoe ...]
+    python -m moebench.cli.tables --input_dir DOMAINBED_SWEEP --out tables/
+
+Writes, atomically, under ``--out``: ``results.txt`` and ``results.tex`` (DomainBed layout),
+``<method>_<dataset>.csv/.md`` and ``<method>_averages.csv/.md`` for the methods ``iid``,
+``lodo`` and ``oracle``, ``<method>_selection.csv``, ``routing.csv/.md`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from moebench.cli.common import run_main, setup_logging
+
+logger = logging.getLogger("moebench.cli.tables")
+PROG = "moebench.cli.tables"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    from moebench.reporting.tables import DEFAULT_ALGORITHM_ORDER
+
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--records", metavar="FILE", help="records.jsonl written by cli.collect")
+    src.add_argument("--input_dir", "--input-dir", dest="input_dir", metavar="DIR",
+                     help="read a sweep directory directly (e.g. one written by DomainBed)")
+    p.add_argument("--out", required=True, help="output directory for the tables")
+    p.add_argument("--algorithm-order", nargs="+", default=list(DEFAULT_ALGORITHM_ORDER),
+                   metavar="NAME", help="preferred row order; other algorithms follow sorted")
+    p.add_argument("--no-routing", action="store_true", help="skip routing.csv/.md")
+    p.add_argument("--quiet", action="store_true", help="do not print results.txt to stdout")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def tables(args: argparse.Namespace) -> int:
+    """Load records, select models, write every table file."""
+    from pathlib import Path
+
+    from moebench.reporting import render
+    from moebench.reporting.records import load_results_file, load_sweep
+    from moebench.reporting.tables import build_report, write_report
+
+    if args.records:
+        if not Path(args.records).is_file():
+            raise FileNotFoundError(f"records file not found: {args.records}")
+        records = load_results_file(args.records)
+    else:
+        records = load_sweep(args.input_dir)
+    if not records:
+        raise ValueError(f"no records in {args.records or args.input_dir}")
+    report = build_report(records, algorithm_order=args.algorithm_order)
+    written = write_report(report, args.out, routing=not args.no_routing)
+    logger.info("wrote %d files under %s", len(written), args.out)
+    if not args.quiet:
+        sys.stdout.write(render.render_text(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 with a one-line error on bad input)."""
+    args = parse(argv)
+    setup_logging(args.verbose)
+    return run_main(lambda: tables(args), PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

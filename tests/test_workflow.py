@@ -1,0 +1,82 @@
+"""The real Snakemake workflow on tiny params: end to end, and bad params stopping it early."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "sweep": {"datasets": ["colored_digits"], "algorithms": ["erm", "gmoe"], "trial_seeds": [0, 1],
+              "runs_per_job": 12},
+    "datasets": {"colored_digits": {"path": "data/colored_digits.npz", "steps": 4, "checkpoint_freq": 2,
+                                    "build": {"seed": 0, "image_size": 8, "max_images": 300}}},
+    "hparams": {"defaults": {"embed_dim": 16, "depth": 4, "num_heads": 2, "batch_size": 8}},
+}
+
+
+def workflow_copy(tmp_path: Path) -> Path:
+    """The workflow files of the repo in a scratch folder (outputs land there, not in the repo)."""
+    work = tmp_path / "wf"
+    work.mkdir()
+    shutil.copy(ROOT / "Snakefile", work)
+    shutil.copytree(ROOT / "workflow", work / "workflow")
+    shutil.copytree(ROOT / "params", work / "params")
+    (work / "profiles").symlink_to("workflow/profiles")
+    return work
+
+
+def snakemake(work: Path, overrides: dict, *targets: str, dry: bool = False) -> subprocess.CompletedProcess:
+    (work / "override.yaml").write_text(yaml.safe_dump(overrides))
+    cmd = [sys.executable, "-m", "snakemake", *targets, "--cores", "2", "--configfile", "override.yaml"]
+    if dry:
+        cmd.append("-n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_end_to_end_tables_on_tiny_params(tmp_path):
+    work = workflow_copy(tmp_path)
+    proc = snakemake(work, TINY, "results/tables")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = work / "results" / "tables"
+    text = (tables / "results.txt").read_text()
+    for method in ("training-domain validation set", "leave-one-domain-out cross-validation",
+                   "test-domain validation set (oracle)"):
+        assert f"model selection method: {method}" in text
+    for slug in ("iid", "lodo", "oracle"):
+        rows = (tables / f"{slug}_colored_digits.csv").read_text().splitlines()
+        assert [r.split(",")[0] for r in rows[1:]] == ["erm", "gmoe"]
+        assert "X" not in rows[1] and ",," not in rows[1], rows  # every cell filled
+    records = [json.loads(x) for x in (work / "results" / "records.jsonl").read_text().splitlines()]
+    # 2 algorithms x 2 trial seeds x (3 singles + 3 pairs) runs x checkpoints at steps 0, 2, 3
+    assert len(records) == 2 * 2 * 6 * 3
+    assert {r["step"] for r in records} == {0, 2, 3}
+    assert (work / "results" / "logs" / "tables.log").exists()
+    summary = json.loads((tables / "summary.json").read_text())
+    assert summary
+    # nothing left to do afterwards
+    again = snakemake(work, TINY, "results/tables", dry=True)
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"sweep": {"algorithms": ["erm", "gmoee"]}}, "override.yaml: sweep.algorithms[1]: unknown algorithm 'gmoee'"),
+    ({"sweep": {"foo": 1}}, "override.yaml: sweep.foo: unknown key 'foo'"),
+    ({"datasets": {"colored_digits": {"stepz": 3}}}, "override.yaml: datasets.colored_digits.stepz: unknown key 'stepz'"),
+    ({"hparams": {"datasets": {"colored_digits": {"lrr": 0.1}}}}, "unknown hparam 'lrr' in hparams.datasets.colored_digits"),
+    ({"sweep": {"holdout_fraction": 1.5}}, "override.yaml: sweep.holdout_fraction: 1.5 is invalid"),
+])
+def test_bad_params_stop_before_any_job_with_one_line(tmp_path, overrides, message):
+    work = workflow_copy(tmp_path)
+    proc = snakemake(work, overrides, "results/tables")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "params error" in ln]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (work / "results").exists() and not (work / "data" / "colored_digits.npz").exists()
