@@ -37,6 +37,15 @@ MOE: dict[str, Any] = {
 EXTRA: dict[str, dict[str, Any]] = {
     "erm": {},
     "gmoe": MOE,
+    "mass": {"num_experts": 3, "mass_max_experts": 4, "moe_blocks": "last_two_even",
+             "expert_drop": 0.1, "mass_tau": 0.3, "mass_p_threshold": 0.01,
+             "mass_similarity_threshold": 0.02, "mass_patience": 3,
+             "mass_redundancy_weight": 0.01, "mass_warmup_min": 3, "mass_window_min": 6,
+             "mass_expansion_end": 0.1},
+    "mode": {"num_experts": 4, "expert_hidden": 16, "expert_drop": 0.0, "distill_alpha": 0.1,
+             "distill_temperature": 2.0},
+    "soft_moe": {"num_experts": 4, "slots_per_expert": 2, "moe_layer_index": 2,
+                 "soft_normalize": True, "expert_drop": 0.1},
 }
 
 

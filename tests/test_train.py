@@ -11,6 +11,7 @@ from moebench.hparams import seed_hash
 from moebench.sweep import RunSpec
 
 VOLATILE = ("step_time", "mem_gb")
+QUIET = train.RunOptions(progress=False)
 
 
 class Killed(Exception):
@@ -46,7 +47,7 @@ def records_of(run_dir):
 
 def test_record_has_domainbed_keys_and_checkpoint_steps(digits, tmp_path):
     path, ds = digits
-    run = train.train_run(spec_for("gmoe"), ds, path, tmp_path / "r", torch.device("cpu"), progress=False)
+    run = train.train_run(spec_for("gmoe"), ds, path, tmp_path / "r", torch.device("cpu"), QUIET)
     recs = records_of(run)
     assert [r["step"] for r in recs] == [0, 3, 6]  # every checkpoint_freq and the last step
     for key in ("args", "hparams", "step", "epoch", "loss", "loss_aux", "step_time", "mem_gb",
@@ -63,8 +64,8 @@ def test_record_has_domainbed_keys_and_checkpoint_steps(digits, tmp_path):
 
 def test_same_seed_gives_identical_records(digits, tmp_path):
     path, ds = digits
-    a = train.train_run(spec_for("erm"), ds, path, tmp_path / "a", torch.device("cpu"), progress=False)
-    b = train.train_run(spec_for("erm"), ds, path, tmp_path / "b", torch.device("cpu"), progress=False)
+    a = train.train_run(spec_for("erm"), ds, path, tmp_path / "a", torch.device("cpu"), QUIET)
+    b = train.train_run(spec_for("erm"), ds, path, tmp_path / "b", torch.device("cpu"), QUIET)
     assert stable(records_of(a)) == stable(records_of(b))
 
 
@@ -72,7 +73,7 @@ def test_same_seed_gives_identical_records(digits, tmp_path):
 def test_kill_after_checkpoint_and_resume_gives_same_final_record(digits, tmp_path, monkeypatch, algorithm):
     path, ds = digits
     spec = spec_for(algorithm)
-    whole = train.train_run(spec, ds, path, tmp_path / "whole", torch.device("cpu"), progress=False)
+    whole = train.train_run(spec, ds, path, tmp_path / "whole", torch.device("cpu"), QUIET)
 
     real_save = train.RunState.save
 
@@ -86,18 +87,18 @@ def test_kill_after_checkpoint_and_resume_gives_same_final_record(digits, tmp_pa
 
     monkeypatch.setattr(train.RunState, "save", save_then_die)
     with pytest.raises(Killed):
-        train.train_run(spec, ds, path, tmp_path / "killed", torch.device("cpu"), progress=False)
+        train.train_run(spec, ds, path, tmp_path / "killed", torch.device("cpu"), QUIET)
     assert (tmp_path / "killed" / "checkpoint.pt").exists() and not (tmp_path / "killed" / "done").exists()
     monkeypatch.setattr(train.RunState, "save", real_save)
-    resumed = train.train_run(spec, ds, path, tmp_path / "killed", torch.device("cpu"), progress=False)
+    resumed = train.train_run(spec, ds, path, tmp_path / "killed", torch.device("cpu"), QUIET)
     assert stable(records_of(resumed)) == stable(records_of(whole))
 
 
 def test_done_run_is_skipped(digits, tmp_path):
     path, ds = digits
-    run = train.train_run(spec_for("erm", steps=2, freq=1), ds, path, tmp_path / "r", torch.device("cpu"), progress=False)
+    run = train.train_run(spec_for("erm", steps=2, freq=1), ds, path, tmp_path / "r", torch.device("cpu"), QUIET)
     before = (run / "results.jsonl").read_text()
-    train.train_run(spec_for("erm", steps=2, freq=1), ds, path, run, torch.device("cpu"), progress=False)
+    train.train_run(spec_for("erm", steps=2, freq=1), ds, path, run, torch.device("cpu"), QUIET)
     assert (run / "results.jsonl").read_text() == before
 
 

@@ -11,14 +11,16 @@ import json
 import logging
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from moebench.distributed import World, average_gradients
 from moebench.hparams import seed_hash
-from moebench.io import atomic_write, atomic_write_text
+from moebench.io import atomic_write, atomic_write_jsonl, atomic_write_text
 from moebench.sweep import RunSpec
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,16 @@ class Splits:
             self.outs.append(idx_out)
         self.train_envs = [i for i in range(len(self.envs)) if i not in spec.test_envs]
 
-    def minibatches(self, step: int, batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One minibatch per training env, sampled with replacement, seeded by (seed, env, step)."""
+    def minibatches(self, step: int, batch_size: int, device: torch.device,
+                    world: World = World()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One minibatch per training env, sampled with replacement, seeded by (seed, env, step).
+
+        Under data parallelism rank r takes rows r, r + size, ... of each minibatch.
+        """
         batches = []
         for i in self.train_envs:
             rng = np.random.RandomState(seed_hash(self.spec.seed, i, step))
-            idx = self.ins[i][rng.randint(len(self.ins[i]), size=batch_size)]
+            idx = self.ins[i][rng.randint(len(self.ins[i]), size=batch_size)][world.rank :: world.size]
             x, y = fetch(self.envs[i], idx)
             batches.append((x.to(device), y.to(device)))
         return batches
@@ -150,10 +156,14 @@ class RunState:
         self.checkpoint = run_dir / CHECKPOINT
         self.done = run_dir / "done"
 
-    def restore(self, algorithm: Any) -> int:
-        """Load the checkpoint if any; returns the first step to run."""
+    def restore(self, algorithm: Any, truncate: bool = True) -> int:
+        """Load the checkpoint if any; returns the first step to run.
+
+        ``truncate``: drop records past the checkpoint (only the writing rank does this).
+        """
         if not self.checkpoint.exists():
-            self.results.unlink(missing_ok=True)
+            if truncate:
+                self.results.unlink(missing_ok=True)
             return 0
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=False)
@@ -161,8 +171,8 @@ class RunState:
             raise RuntimeError(f"cannot load checkpoint {self.checkpoint}: {exc}") from None
         algorithm.load_checkpoint_state(state["algorithm"])
         set_rng_state(state["rng"])
-        kept = read_records(self.results, max_step=state["step"])
-        atomic_write_text(self.results, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        if truncate:
+            atomic_write_jsonl(self.results, read_records(self.results, max_step=state["step"]))
         log.info("resuming %s from step %d", self.dir, state["step"])
         return int(state["step"]) + 1
 
@@ -201,57 +211,98 @@ def build_algorithm(spec: RunSpec, dataset: Any, device: torch.device) -> Any:
     return algorithm.to(device)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How (not what) to train: these never change a run's identity.
+
+    precision: "fp32" or "bf16" (autocast of the update and evaluation forwards);
+    world: data-parallel ranks (see moebench.distributed); save_model: keep ``model.pt``
+    (the trained network's state dict) when the run is done; progress: tqdm bar
+    (None = only on a terminal).
+    """
+
+    precision: str = "fp32"
+    world: World = World()
+    save_model: bool = False
+    progress: bool | None = None
+
+    def autocast(self, device: torch.device) -> Any:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def checkpoint_record(algorithm: Any, spec: RunSpec, splits: Splits, window: Mapping[str, list[float]],
+                      step: int, device: torch.device, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The DomainBed record of one checkpoint (averages over the window since the last one)."""
+    record: dict[str, Any] = {key: float(np.mean(vals)) for key, vals in window.items()}
+    record.update(evaluate_all(algorithm, splits, device, spec.seed))
+    batch_size = int(spec.hparams["batch_size"])
+    record.update(step=step, epoch=step / splits.steps_per_epoch(batch_size), mem_gb=peak_memory_gb(device),
+                  hparams=dict(spec.hparams), test_envs=list(spec.test_envs),
+                  routing=algorithm.routing_stats(reset=True), **extra)
+    return record
+
+
 def train_run(spec: RunSpec, dataset: Any, data_path: str, run_dir: str | Path,
-              device: torch.device, progress: bool | None = None) -> Path:
+              device: torch.device, options: RunOptions = RunOptions()) -> Path:
     """Train one run under the DomainBed protocol; returns its run directory.
 
     Skips a run that is already ``done``; resumes one that has a checkpoint.
-    ``progress``: tqdm bar (None = only on a terminal).
     """
     from tqdm import tqdm
 
-    run_dir = Path(run_dir)
+    run_dir, world = Path(run_dir), options.world
     state = RunState(run_dir)
     if state.done.exists():
         log.info("done already: %s", run_dir)
         return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "spec.json", json.dumps(spec.identity(), indent=1, sort_keys=True) + "\n")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "spec.json", json.dumps(spec.identity(), indent=1, sort_keys=True) + "\n")
+    world.barrier()
     algorithm = build_algorithm(spec, dataset, device)
-    start = state.restore(algorithm)
+    average_gradients(algorithm.optimizer, world)
+    start = state.restore(algorithm, truncate=world.is_main)
     splits = Splits(dataset.envs, spec)
-    batch_size = int(spec.hparams["batch_size"])
-    args = run_args(spec, run_dir, data_path)
+    extra = {"args": run_args(spec, run_dir, data_path), "dataset": spec.dataset,
+             "algorithm": spec.algorithm, "environments": list(dataset.environments)}
     window: dict[str, list[float]] = {}
     bar = tqdm(range(start, spec.steps), desc=f"{spec.algorithm}/{spec.dataset} {list(spec.test_envs)}",
-               disable=None if progress is None else not progress, leave=False)
+               disable=True if not world.is_main else (None if options.progress is None else not options.progress),
+               leave=False)
     for step in bar:
         t0 = time.time()
-        out = algorithm.update(splits.minibatches(step, batch_size, device))
+        with options.autocast(device):
+            out = algorithm.update(splits.minibatches(step, int(spec.hparams["batch_size"]), device, world))
         window.setdefault("step_time", []).append(time.time() - t0)
         for key, value in out.items():
             window.setdefault(key, []).append(float(value))
         if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
-            record = {key: float(np.mean(vals)) for key, vals in window.items()}
-            record.update(evaluate_all(algorithm, splits, device, spec.seed))
-            record.update(
-                step=step, epoch=step / splits.steps_per_epoch(batch_size), mem_gb=peak_memory_gb(device),
-                hparams=dict(spec.hparams), args=args, dataset=spec.dataset, algorithm=spec.algorithm,
-                test_envs=list(spec.test_envs), environments=list(dataset.environments),
-                routing=algorithm.routing_stats(reset=True),
-            )
-            state.append(record)
-            state.save(algorithm, step)
+            if world.is_main:
+                with options.autocast(device):
+                    record = checkpoint_record(algorithm, spec, splits, window, step, device, extra)
+                state.append(record)
+                state.save(algorithm, step)
+                log.info("%s step %d loss %.4f %s", run_dir.name, step, record.get("loss", float("nan")),
+                         " ".join(f"{k[:-4]}={v:.3f}" for k, v in record.items() if k.endswith("_acc")))
+            world.barrier()
             window = {}
-            log.info("%s step %d loss %.4f %s", run_dir.name, step, record.get("loss", float("nan")),
-                     " ".join(f"{k[:-4]}={v:.3f}" for k, v in record.items() if k.endswith("_acc")))
-    atomic_write_text(state.done, "done\n")
-    state.checkpoint.unlink(missing_ok=True)
+    if world.is_main:
+        if options.save_model:
+            net = getattr(algorithm, "network", algorithm)
+            atomic_write(run_dir / "model.pt", lambda fh: torch.save(net.state_dict(), fh))
+        atomic_write_text(state.done, "done\n")
+        state.checkpoint.unlink(missing_ok=True)
+    world.barrier()
     return run_dir
 
 
 def train_batch(plan: Mapping[str, Any], batch_key: str, device: torch.device,
-                progress: bool | None = None) -> list[Path]:
+                options: RunOptions = RunOptions()) -> list[Path]:
     """Train every run of one plan batch in this process (loading its dataset once)."""
     from moebench.datasets import load_dataset
 
@@ -267,5 +318,5 @@ def train_batch(plan: Mapping[str, Any], batch_key: str, device: torch.device,
             datasets[spec.dataset] = load_dataset(spec.dataset, data_path)
         log.info("run %d/%d of %s: %s test_envs=%s trial=%d", n, len(entries), batch_key,
                  entry["run_id"], list(spec.test_envs), spec.trial_seed)
-        dirs.append(train_run(spec, datasets[spec.dataset], data_path, entry["run_dir"], device, progress))
+        dirs.append(train_run(spec, datasets[spec.dataset], data_path, entry["run_dir"], device, options))
     return dirs

@@ -9,6 +9,9 @@ from moebench.algorithms.base import (
 )
 from moebench.algorithms.erm import ERM, make_adam
 from moebench.algorithms.gmoe import GMoE, build_moe_network, moe_layer_kwargs
+from moebench.algorithms.mass import MASS  # noqa: F401  (registers "mass")
+from moebench.algorithms.mode import MoDE  # noqa: F401  (registers "mode")
+from moebench.algorithms.soft_moe import SoftMoE  # noqa: F401  (registers "soft_moe")
 from moebench.registry import ALGORITHMS
 
 __all__ = [

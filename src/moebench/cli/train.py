@@ -43,6 +43,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 = autocast of forwards on GPU/CPU")
+    p.add_argument("--save-model", action="store_true", help="keep model.pt when a run is done")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -87,12 +90,18 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        device = train.resolve_device(args.device)
-        progress = {"auto": None, "on": True, "off": False}[args.progress]
+        from moebench.distributed import init_world, local_device
+
+        device = local_device(train.resolve_device(args.device))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        options = train.RunOptions(
+            precision=args.precision, world=init_world(device), save_model=args.save_model,
+            progress={"auto": None, "on": True, "off": False}[args.progress])
         if args.plan:
             if not args.batch:
                 raise ValueError("--plan needs --batch")
-            dirs = train.train_batch(read_plan(args.plan), args.batch, device, progress)
+            dirs = train.train_batch(read_plan(args.plan), args.batch, device, options)
             if args.marker:
                 atomic_write_text(args.marker, "".join(f"{d}\n" for d in dirs))
             return 0
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = single_run_spec(args)
         dataset = load_dataset(spec.dataset, args.data_path)
-        train.train_run(spec, dataset, args.data_path, args.output_dir, device, progress)
+        train.train_run(spec, dataset, args.data_path, args.output_dir, device, options)
         return 0
 
     return run_main(body, "moebench.cli.train")
