@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from moebench.backbones.surgery import apply_moe, moe_block_indices
+from moebench.backbones import soft_moe_vit  # noqa: F401  (registers soft_moe_vit_* with timm)
 from moebench.backbones.vit import (
     PretrainedLoadError,
     build_backbone,

@@ -40,6 +40,9 @@ class DispatchPlan:
     token_index: [N] int64 source token of each kept choice, grouped by expert, in
                  location order inside each group.
     choice_index: [N] int64 flat index ``t * k + r`` into the router's [T, k] weights.
+    slot:        [T, k] int64 row (in the grouped order) of choice (t, r); N for dropped or
+                 invalid choices (consumers keep a zero row at N). Lets the combine and
+                 the input gradient be gathers instead of scatters.
     counts:      kept choices per expert (python ints, len E; sum N).
     routed:      [E] int64 choices the router assigned per expert (before capacity).
     capacity:    slots per expert; num_choices: valid choices; num_kept: N.
@@ -47,6 +50,7 @@ class DispatchPlan:
 
     token_index: Tensor
     choice_index: Tensor
+    slot: Tensor
     counts: list[int]
     routed: Tensor
     capacity: int
@@ -91,6 +95,9 @@ def plan_dispatch(indices: Tensor, valid: Optional[Tensor], priority: Tensor,
         valid_expert = sorted_expert[:num_choices]
         location = torch.arange(num_choices, device=dev) - starts[valid_expert]
         kept = perm[:num_choices][location < cap]
+    slot = torch.full((span,), num_kept, dtype=torch.long, device=dev)
+    slot[kept] = torch.arange(num_kept, device=dev)
     return DispatchPlan(token_index=torch.div(kept, k, rounding_mode="floor"),
-                        choice_index=kept, counts=counts, routed=routed, capacity=cap,
+                        choice_index=kept, slot=slot.view(num_tokens, k), counts=counts,
+                        routed=routed, capacity=cap,
                         num_choices=num_choices, num_kept=num_kept)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moebench.moe.grouped import gather_linear, linear_scatter
+
 
 class _Fn(nn.Module):
     """Wrap a plain callable (Tutel's ``activation_fn``) as a module."""
@@ -71,26 +73,56 @@ class BatchedExperts(nn.Module):
             if b is not None:
                 nn.init.uniform_(b, -bound, bound)
 
-    def _bias(self, b: Optional[Tensor], e: int) -> Optional[Tensor]:
-        return None if b is None else b[e]
+    def per_expert_params(self) -> list[tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]]]:
+        """[(fc1_w, fc1_b, fc2_w, fc2_b)] per expert via ``unbind`` (one backward node that
+        stacks the gradients, instead of a full-size zero gradient per indexed slice)."""
+        def split(p: Optional[Tensor]) -> list:
+            return [None] * self.num_experts if p is None else list(p.unbind(0))
+        return list(zip(split(self.fc1_weight), split(self.fc1_bias),
+                        split(self.fc2_weight), split(self.fc2_bias)))
 
-    def expert_forward(self, e: int, x: Tensor) -> Tensor:
-        """Expert e on rows x [n, D] -> [n, D_out]."""
-        h = self.drop(self.act(F.linear(x, self.fc1_weight[e], self._bias(self.fc1_bias, e))))
+    def expert_forward(self, e: int, x: Tensor, params: Optional[tuple] = None) -> Tensor:
+        """Expert e on rows x [n, D] -> [n, D_out] (``params``: its entry of
+        :meth:`per_expert_params`, else the stacked tensors are indexed)."""
+        if params is None:
+            params = tuple(None if p is None else p[e] for p in
+                           (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias))
+        w1, b1, w2, b2 = params
+        h = self.drop(self.act(F.linear(x, w1, b1)))
         if self.norms is not None:
             h = self.norms[e](h)
-        return F.linear(h, self.fc2_weight[e], self._bias(self.fc2_bias, e))
+        return F.linear(h, w2, b2)
 
     def forward_grouped(self, x: Tensor, counts: list[int]) -> Tensor:
-        """x [N, D] grouped by expert (``counts[e]`` contiguous rows each) -> [N, D_out].
-
-        Each expert runs its GEMMs on its own contiguous block; empty experts cost nothing.
-        """
+        """x [N, D] grouped by expert (``counts[e]`` contiguous rows each) -> [N, D_out],
+        plain autograd ops (used with per-expert hidden norms)."""
         if x.shape[0] == 0:
             return x.new_zeros(0, self.out_features)
-        outs = [self.expert_forward(e, seg)
+        params = self.per_expert_params()
+        outs = [self.expert_forward(e, seg, params[e])
                 for e, seg in enumerate(torch.split(x, counts)) if counts[e] > 0]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+    def forward_routed(self, x: Tensor, counts: list[int], index: Optional[Tensor] = None,
+                       slot: Optional[Tensor] = None, weight: Optional[Tensor] = None) -> Tensor:
+        """Gather rows ``x[index]`` (grouped by expert, ``counts[e]`` each), run the experts,
+        scale by ``weight`` [N] and sum back per token through ``slot`` [T, k] (see
+        ``DispatchPlan``) into [T, D_out]; with index/slot None x is already grouped and
+        [N, D_out] is returned. Uses the grouped custom-autograd linears (``grouped.py``)
+        unless there are per-expert hidden norms.
+        """
+        if self.norms is None:
+            h = gather_linear(x, counts, self.fc1_weight, self.fc1_bias, index=index, slot=slot)
+            a = self.drop(self.act(h))
+            return linear_scatter(a, counts, self.fc2_weight, self.fc2_bias, weight=weight,
+                                  index=index, slot=slot)
+        xs = x if index is None else x.index_select(0, index)
+        ys = self.forward_grouped(xs, counts)
+        if weight is not None:
+            ys = ys * weight.unsqueeze(1)
+        if index is None:
+            return ys
+        return ys.new_zeros(x.shape[0], self.out_features).index_add(0, index, ys)
 
     @torch.no_grad()
     def copy_expert(self, src: int, dst: int) -> None:

@@ -84,14 +84,14 @@ class MoELayer(nn.Module):
         cf = self.capacity_factor if capacity_factor is None else float(capacity_factor)
         plan = plan_dispatch(res.indices, res.valid, res.priority, self.num_experts,
                              0.0 if self.router.dropless else cf, self.batch_prioritized)
-        xs = x.index_select(0, plan.token_index)
-        w = res.weights.reshape(-1).index_select(0, plan.choice_index).to(x.dtype).unsqueeze(1)
-        if not self.postscore:
-            xs = xs * w
-        ys = self.experts.forward_grouped(xs, plan.counts)
+        w = res.weights.reshape(-1).index_select(0, plan.choice_index).to(x.dtype)
         if self.postscore:
-            ys = ys * w
-        out = x.new_zeros(x.shape[0], self.out_features).index_add(0, plan.token_index, ys)
+            out = self.experts.forward_routed(x, plan.counts, index=plan.token_index,
+                                              slot=plan.slot, weight=w)
+        else:   # Tutel is_postscore=False: scale the expert input instead of its output
+            xs = x.index_select(0, plan.token_index) * w.unsqueeze(1)
+            ys = self.experts.forward_routed(xs, plan.counts)
+            out = ys.new_zeros(x.shape[0], self.out_features).index_add(0, plan.token_index, ys)
         self.aux_losses = dict(res.aux_losses)
         if self.training:
             self._record(plan.routed.detach(), plan.num_choices - plan.num_kept,
@@ -106,7 +106,7 @@ class MoELayer(nn.Module):
         per = n_slots // self.num_experts
         slots = torch.bmm(res.dispatch.transpose(1, 2).to(x.dtype), x)          # [B, S, D]
         xs = slots.view(b, self.num_experts, per, d).transpose(0, 1).reshape(-1, d)
-        ys = self.experts.forward_grouped(xs, [b * per] * self.num_experts)
+        ys = self.experts.forward_routed(xs, [b * per] * self.num_experts)
         ys = ys.view(self.num_experts, b, per, self.out_features).transpose(0, 1)
         y = torch.bmm(res.combine.to(ys.dtype), ys.reshape(b, n_slots, self.out_features))
         self.aux_losses = dict(res.aux_losses)
@@ -122,6 +122,19 @@ class MoELayer(nn.Module):
         norm = getattr(mlp, "norm", None)
         norm = None if isinstance(norm, nn.Identity) else norm
         self.experts.load_dense(mlp.fc1, mlp.fc2, norm)
+
+    @torch.no_grad()
+    def duplicate_expert(self, src: int, dst: int, activate: bool = True) -> None:
+        """Copy expert ``src`` (FFN tensors + router row) into slot ``dst``; with a router
+        that has an ``active_mask`` (mintau), also mark ``dst`` active (MASS expansion)."""
+        for e in (src, dst):
+            if not 0 <= e < self.num_experts:
+                raise ValueError(f"expert index {e} out of range [0, {self.num_experts})")
+        self.experts.copy_expert(src, dst)
+        self.router.copy_expert_row(src, dst)
+        mask = getattr(self.router, "active_mask", None)
+        if activate and mask is not None:
+            mask[dst] = True
 
     def reset_routing_stats(self) -> None:
         """Forget the routing stats accumulated so far."""

@@ -75,6 +75,17 @@ class Router(nn.Module):
         self.model_dim = model_dim
         self.num_experts = num_experts
 
+    @property
+    def weight(self) -> Tensor:
+        """Per-expert router rows [E, ·] (writable view; see each router)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def copy_expert_row(self, src: int, dst: int) -> None:
+        """Copy expert ``src``'s router row into ``dst`` (``weight[dst] <- weight[src]``)."""
+        w = self.weight
+        w[dst].copy_(w[src])
+
 
 class TopKRouterBase(Router):
     """Noisy softmax top-k routing on logits given by :meth:`compute_logits` (Tutel

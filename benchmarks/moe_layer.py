@@ -1,0 +1,237 @@
+"""Benchmark of the MoE layer against dense FFN baselines (forward + backward).
+
+One process, same inputs for every variant; a ViT-S MoE layer (model_dim 384, hidden 1536,
+32 images x 197 tokens). Per case it times, round-robin (so load drift on a shared machine
+hits every column alike), the median of ``--iters`` iterations after ``--warmup``:
+  ours      MoELayer (train mode, gate noise 1.0, batch-prioritised routing)
+  dense     the dense FFN on every token
+  dense_k   the dense FFN on k * T rows (mean-k for MinTau, B * slots for Soft-MoE):
+            the FLOP floor of the routed expert GEMMs
+  naive     a per-expert Python loop over boolean masks (moebench.moe.reference)
+plus ratios, achieved GFLOP/s of the expert GEMMs vs a measured GEMM peak, and the peak
+extra memory of one fwd+bwd relative to dense_k.
+
+  python benchmarks/moe_layer.py [--quick] [--json out.json] [--device cuda --dtype bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+from timm.layers import Mlp
+
+from moebench.moe import MoELayer
+from moebench.moe.reference import naive_moe_forward, naive_soft_forward
+
+D, H, B, M = 384, 1536, 32, 197
+TARGETS = {"topk_cf0": 1.08, "topk_cf1.25": 1.10, "mintau": 1.10, "soft": 1.10}
+MEM_TARGET = 1.3
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="E=8 only, fewer iterations")
+    p.add_argument("--only", default="", help="run only cases whose name contains this")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive loop column")
+    p.add_argument("--json", default=None, help="write the table as JSON to this path")
+    return p.parse_args(argv)
+
+
+def build_cases(quick: bool) -> list[dict]:
+    experts = (8,) if quick else (4, 8, 16)
+    cases = [{"name": f"topk E{e} k{k} cf{cf:g}", "router": "topk", "E": e, "k": k, "cf": cf,
+              "kind": "topk_cf0" if cf == 0 else "topk_cf1.25"}
+             for e in experts for k in (1, 2) for cf in (1.25, 0.0)]
+    cases += [{"name": f"mintau E8 tau{tau}", "router": "mintau", "E": 8, "k": 1, "cf": 0.0,
+               "tau": tau, "kind": "mintau"} for tau in ((0.5,) if quick else (0.5, 0.9))]
+    soft = ((197, 1),) if quick else ((197, 1), (1, 197))
+    cases += [{"name": f"soft E{e}x{s}", "router": "soft", "E": e, "k": 1, "cf": 0.0,
+               "slots": s, "kind": "soft"} for e, s in soft]
+    return cases
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Best measured GFLOP/s over square and FFN-shaped matmuls."""
+    best = 0.0
+    for m, k, n in ((2048, 2048, 2048), (B * M, D, H), (B * M, H, D), (H, B * M, D)):
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        b = torch.randn(k, n, device=device, dtype=dtype)
+        for _ in range(2):
+            torch.mm(a, b)
+        times = []
+        for _ in range(5):
+            sync(device)
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        best = max(best, 2 * m * k * n / min(times) / 1e9)
+    return best
+
+
+def step(fn: Callable[[], torch.Tensor], grad: dict, params: list) -> None:
+    for p in params:
+        p.grad = None
+    y = fn()
+    g = grad.get("g")
+    if g is None or g.shape != y.shape:
+        g = grad["g"] = torch.randn_like(y)
+    y.backward(g)
+
+
+def time_round_robin(fns: dict, params: list, iters: int, warmup: int,
+                     device: torch.device) -> dict[str, float]:
+    """Median milliseconds per fwd+bwd of each fn, interleaved iteration by iteration."""
+    grads = {name: {} for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for it in range(warmup + iters):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            step(fn, grads[name], params)
+            sync(device)
+            if it >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def peak_memory(fn: Callable, params: list, device: torch.device) -> float:
+    """Peak bytes allocated above the starting point during one fwd+bwd."""
+    grad: dict = {}
+    step(fn, grad, params)
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step(fn, grad, params)
+        sync(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(fn, grad, params)
+    deltas = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    cur = peak = 0
+    for _, nbytes in deltas:
+        cur += nbytes
+        peak = max(peak, cur)
+    return float(peak)
+
+
+def make_layer(case: dict, device, dtype) -> MoELayer:
+    kwargs = {"tau": case["tau"]} if "tau" in case else \
+        {"slots_per_expert": case["slots"]} if "slots" in case else None
+    torch.manual_seed(0)
+    return MoELayer(D, H, num_experts=case["E"], router=case["router"], k=case["k"],
+                    capacity_factor=case["cf"], gate_noise=1.0, batch_prioritized=True,
+                    router_kwargs=kwargs, device=device, dtype=dtype).train()
+
+
+def effective_rows(case: dict, layer: MoELayer, x: torch.Tensor) -> tuple[float, float]:
+    """(rows of the dense_k FLOP floor, rows the experts actually ran)."""
+    tokens = B * M
+    if case["router"] == "soft":
+        return float(B * case["E"] * case["slots"]), float(B * case["E"] * case["slots"])
+    with torch.no_grad():
+        layer(x)
+    stats = layer.routing_stats(reset=True)
+    floor = stats["mean_k"] * tokens
+    return floor, floor * (1.0 - stats["dropped"])
+
+
+def run_case(case: dict, args, device, dtype, peak: float) -> dict:
+    layer = make_layer(case, device, dtype)
+    mlp = Mlp(D, H, device=device, dtype=dtype)
+    x = torch.randn(B, M, D, device=device, dtype=dtype, requires_grad=True)
+    floor_rows, routed_rows = effective_rows(case, layer, x)
+    xk = torch.randn(int(round(floor_rows)), D, device=device, dtype=dtype, requires_grad=True)
+    naive = naive_soft_forward if case["router"] == "soft" else naive_moe_forward
+    fns = {"ours": lambda: layer(x), "dense": lambda: mlp(x), "dense_k": lambda: mlp(xk)}
+    if not args.no_naive:
+        fns["naive"] = lambda: naive(layer, x)
+    params = [x, xk, *layer.parameters(), *mlp.parameters()]
+    ms = time_round_robin(fns, params, args.iters, args.warmup, device)
+    mem_ours = peak_memory(fns["ours"], params, device)
+    mem_dense_k = peak_memory(fns["dense_k"], params, device)
+    flops = 12.0 * routed_rows * D * H
+    if case["router"] == "soft":
+        flops += 6 * 2.0 * B * M * case["E"] * case["slots"] * D   # dispatch + combine bmm
+    row = {"case": case["name"], "kind": case["kind"], "k_eff": floor_rows / (B * M),
+           **{f"{n}_ms": v for n, v in ms.items()},
+           "ours_vs_dense_k": ms["ours"] / ms["dense_k"],
+           "naive_vs_dense_k": ms["naive"] / ms["dense_k"] if "naive" in ms else None,
+           "ours_gflops": flops / ms["ours"] / 1e6, "peak_gflops": peak,
+           "mem_ours_mb": mem_ours / 2**20, "mem_dense_k_mb": mem_dense_k / 2**20,
+           "mem_ratio": mem_ours / mem_dense_k if mem_dense_k else None,
+           "target": TARGETS[case["kind"]]}
+    row["pct_peak"] = 100.0 * row["ours_gflops"] / peak
+    row["meets_target"] = bool(row["ours_vs_dense_k"] <= row["target"])
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'case':<22}{'k':>5}{'ours':>9}{'dense':>9}{'dense_k':>9}{'naive':>9}"
+            f"{'ours/dk':>9}{'naive/dk':>9}{'GFLOP/s':>9}{'%peak':>7}{'mem/dk':>8}{'target':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        naive = f"{r['naive_ms']:9.1f}" if "naive_ms" in r else f"{'-':>9}"
+        nratio = f"{r['naive_vs_dense_k']:9.3f}" if r["naive_vs_dense_k"] else f"{'-':>9}"
+        ok = "ok" if r["meets_target"] else "MISS"
+        lines.append(f"{r['case']:<22}{r['k_eff']:5.2f}{r['ours_ms']:9.1f}{r['dense_ms']:9.1f}"
+                     f"{r['dense_k_ms']:9.1f}{naive}{r['ours_vs_dense_k']:9.3f}{nratio}"
+                     f"{r['ours_gflops']:9.1f}{r['pct_peak']:7.1f}{r['mem_ratio']:8.2f}"
+                     f"{r['target']:>6.2f} {ok}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.iters, args.warmup = min(args.iters, 5), min(args.warmup, 1)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    dtype = DTYPES[args.dtype]
+    load0 = os.getloadavg()
+    peak = gemm_peak(device, dtype)
+    print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
+          f"iters={args.iters} warmup={args.warmup} GEMM peak {peak:.1f} GFLOP/s "
+          f"loadavg={load0[0]:.2f}", flush=True)
+    rows = []
+    for case in build_cases(args.quick):
+        if args.only and args.only not in case["name"]:
+            continue
+        rows.append(run_case(case, args, device, dtype, peak))
+        print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print("\n" + format_table(rows) + f"\nloadavg start {load0[0]:.2f} end {os.getloadavg()[0]:.2f}")
+    if args.json:
+        meta = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+                "iters": args.iters, "warmup": args.warmup, "gemm_peak_gflops": peak,
+                "torch": torch.__version__, "loadavg_start": load0[0],
+                "loadavg_end": os.getloadavg()[0], "shape": {"D": D, "H": H, "B": B, "M": M}}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
