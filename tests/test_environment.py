@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pyproject_deps():
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return {Requirement(r).name: str(Requirement(r).specifier) for r in data["project"]["dependencies"]}
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = data["dependencies"] + data["optional-dependencies"]["test"]
+    return {Requirement(r).name: str(Requirement(r).specifier) for r in reqs}
 
 
 def _env_yml():

@@ -87,10 +87,8 @@ def load_schema(schema_dir: str | Path, section: str) -> dict[str, Any]:
 
 def validate_params(config: Mapping[str, Any], schema_dir: str | Path, files: Sequence[str | Path]) -> None:
     """Schema + registry checks of the whole config (raises ParamsError, one line)."""
-    import moebench.algorithms  # noqa: F401  (fill the registries)
-    import moebench.datasets  # noqa: F401
-    from moebench.registry import ALGORITHMS, DATASETS
+    from moebench.catalog import ALGORITHM_NAMES, DATASET_ENV_COUNTS  # no torch import
 
     for section in SECTIONS:
         check_section(config, section, load_schema(schema_dir, section), files)
-    check_names(config, files, ALGORITHMS.names(), DATASETS.names())
+    check_names(config, files, ALGORITHM_NAMES, DATASET_ENV_COUNTS)

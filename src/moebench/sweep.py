@@ -8,6 +8,7 @@ per-job start-up cost (importing torch) small.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -18,6 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from moebench.hparams import resolve_hparams, seed_hash
 
 TEST_ENV_MODES = ("singles_and_pairs", "singles")
+# build params that say where data comes from, not what it is: kept out of run identities
+SOURCE_PARAMS = frozenset({"existing_dir", "mirror", "cache_dir", "keep_archives", "retries", "progress"})
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class RunSpec:
         ident["test_envs"] = list(self.test_envs)
         return ident
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.md5(blob.encode("utf-8")).hexdigest()[:16]
@@ -89,10 +92,14 @@ def enumerate_runs(config: Mapping[str, Any], env_counts: Callable[[str], int] |
     for ds_name in sweep["datasets"]:
         ds = datasets[ds_name]
         envs = enumerate_test_envs(env_counts(ds_name), sweep["test_envs"])
+        resolved: dict[tuple[str, int, int], dict[str, Any]] = {}  # hparams do not depend on test envs
         for algorithm, trial, hseed, tenvs in itertools.product(
             sweep["algorithms"], sweep["trial_seeds"], range(sweep["n_hparams"]), envs
         ):
-            hparams = resolve_hparams(config["hparams"], ds_name, algorithm, hseed, trial)
+            key = (algorithm, trial, hseed)
+            if key not in resolved:
+                resolved[key] = resolve_hparams(config["hparams"], ds_name, algorithm, hseed, trial)
+            hparams = dict(resolved[key])
             runs.append(
                 RunSpec(
                     dataset=ds_name, algorithm=algorithm, test_envs=tenvs,
@@ -100,7 +107,8 @@ def enumerate_runs(config: Mapping[str, Any], env_counts: Callable[[str], int] |
                     seed=seed_hash(ds_name, algorithm, list(tenvs), hseed, trial),
                     steps=int(ds["steps"]), checkpoint_freq=int(ds["checkpoint_freq"]),
                     holdout_fraction=float(sweep["holdout_fraction"]),
-                    hparams=hparams, data=dict(ds.get("build") or {}),
+                    hparams=hparams,
+                    data={k: v for k, v in (ds.get("build") or {}).items() if k not in SOURCE_PARAMS},
                 )
             )
     return runs
@@ -144,7 +152,8 @@ def read_plan(path: str | Path) -> dict[str, Any]:
 
 
 def _registry_env_count(dataset: str) -> int:
-    import moebench.datasets  # noqa: F401  (registers the datasets)
-    from moebench.registry import DATASETS
+    from moebench.catalog import DATASET_ENV_COUNTS  # no torch import at DAG time
 
-    return len(DATASETS.get(dataset).ENVIRONMENTS)
+    if dataset not in DATASET_ENV_COUNTS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(sorted(DATASET_ENV_COUNTS))}")
+    return DATASET_ENV_COUNTS[dataset]

@@ -30,6 +30,8 @@ except (ParamsError, HparamsError, ValueError) as exc:
     _fail(exc)
 
 SWEEP = config["sweep"]
+# tiny jobs run in the Snakemake process itself, never as cluster jobs
+localrules: plan, collect, tables, data_all, train_all
 RUNS_ROOT = SWEEP["runs_root"]
 BATCHES = batch_runs(RUNS, SWEEP["runs_per_job"])
 PLAN = "results/sweep/plan.json"

@@ -2,10 +2,20 @@
 import json
 import shlex
 
+from moebench.catalog import FOLDER_DATASETS
+
 
 def build_flags(dataset):
     build = config["datasets"][dataset].get("build") or {}
     return " ".join(shlex.quote(f"--param={k}={json.dumps(v)}") for k, v in sorted(build.items()))
+
+
+def data_output(dataset):
+    # DomainBed image sets are folders: directory() makes Snakemake treat (and, on a forced
+    # re-run, delete) the folder as one output; a path that is a symlink (build param
+    # existing_dir) is only unlinked, never emptied.
+    path = config["datasets"][dataset]["path"]
+    return directory(path) if dataset in FOLDER_DATASETS else path
 
 
 for _ds in SWEEP["datasets"]:
@@ -14,7 +24,7 @@ for _ds in SWEEP["datasets"]:
         name:
             f"data_{_ds}"
         output:
-            config["datasets"][_ds]["path"],
+            data_output(_ds),
         params:
             dataset=_ds,
             build=build_flags(_ds),

@@ -1,4 +1,6 @@
 # Training: the plan lists every run; each job trains one batch of runs in one process.
+# Run directories are named by a hash of the run's identity and a run with a `done` marker is
+# skipped, so when params change and the batches re-run, only new or changed runs train.
 
 
 rule plan:
@@ -13,13 +15,14 @@ rule plan:
 rule train:
     input:
         data=lambda wc: DATA_PATHS[wc.dataset],
-        plan=ancient(PLAN),
+        plan=PLAN,
     output:
         f"{RUNS_ROOT}/{{dataset}}/{{algorithm}}/{{batch}}.done",
     params:
-        runs=batch_run_ids,  # a change in a batch's runs re-runs just that batch
+        runs=batch_run_ids,
         device=SWEEP["device"],
         threads=SWEEP["threads"],
+        jobs_per_gpu=SWEEP["jobs_per_gpu"],
     wildcard_constraints:
         batch=r"b\d+",
     log:
@@ -28,10 +31,14 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
+        # local: `--resources gpu=N` caps concurrent GPU jobs at N (N = GPUs x jobs_per_gpu);
+        # Slurm: sbatch --gpus=1. Each job then claims its own device (moebench.gpu).
+        gpu=0 if SWEEP["device"] == "cpu" else 1,
     shell:
         "{PY} moebench.cli.train --plan {input.plan} "
         "--batch {wildcards.dataset}/{wildcards.algorithm}/{wildcards.batch} "
         "--marker {output} --device {params.device} --threads {params.threads} "
+        "--jobs-per-gpu {params.jobs_per_gpu} "
         "--progress off > {log} 2>&1"
 
 

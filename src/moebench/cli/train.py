@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="runs sharing a GPU; with several GPUs visible each process claims one")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 = autocast of forwards on GPU/CPU")
@@ -82,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> int:
+        if args.device in ("auto", "cuda") and "LOCAL_RANK" not in os.environ:
+            from moebench.gpu import claim_gpu
+
+            claim_gpu(args.jobs_per_gpu)  # before anything initialises CUDA
         import torch
 
         from moebench import train
