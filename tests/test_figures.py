@@ -267,3 +267,26 @@ def test_trainer_state_dict_model_is_rebuilt_from_spec_json(tmp_path):
     (run / "spec.json").write_text(json.dumps({**spec, "hparams": {**hparams, "depth": 3}}))
     with pytest.raises(ValueError, match="does not fit the rebuilt erm network"):
         attention.load_model_file(run / "model.pt", data)
+
+
+def test_expert_load_with_mass_and_mode_style_routing(tmp_path, records):
+    """MASS records add ``active_experts`` (the load list has room for more experts); MoDE
+    reports one dense-gate ``head`` layer. Both draw, and the CSV keeps what was recorded."""
+    extra = []
+    for r in records:
+        if r["algorithm"] != "gmoe":
+            continue
+        mass = copy.deepcopy(r)
+        mass["algorithm"] = mass["args"]["algorithm"] = "mass"
+        mass["routing"] = {"blocks.8.mlp": {"load": [0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0, 0.0],
+                                            "dropped": 0.0, "tokens": 10, "active_experts": 4}}
+        mode = copy.deepcopy(r)
+        mode["algorithm"] = mode["args"]["algorithm"] = "mode"
+        mode["routing"] = {"head": {"load": [0.5, 0.5], "dropped": 0.0, "tokens": 10}}
+        extra += [mass, mode]
+    written = write_figures(list(records) + extra, tmp_path, kinds=["expert_load"])
+    frame = pd.read_csv(tmp_path / "expert_load_iid_colored_digits.csv")
+    assert set(frame.algorithm) == {"gmoe", "mass", "mode"} and len(written) == 6
+    mass = frame[frame.algorithm == "mass"]
+    assert (mass.active_experts == 4).all() and (mass.n_experts == 8).all()
+    assert frame[frame.algorithm == "gmoe"].active_experts.isna().all()

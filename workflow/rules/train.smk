@@ -23,6 +23,8 @@ rule train:
         device=SWEEP["device"],
         threads=SWEEP["threads"],
         jobs_per_gpu=SWEEP["jobs_per_gpu"],
+        # keep model.pt of the batches holding a run drawn as attention maps (report.smk)
+        save=lambda wc: "--save-model" if f"{wc.dataset}/{wc.algorithm}/{wc.batch}" in SAVE_MODEL_BATCHES else "",
     wildcard_constraints:
         batch=r"b\d+",
     log:
@@ -39,7 +41,7 @@ rule train:
         "--batch {wildcards.dataset}/{wildcards.algorithm}/{wildcards.batch} "
         "--marker {output} --device {params.device} --threads {params.threads} "
         "--jobs-per-gpu {params.jobs_per_gpu} "
-        "--progress off > {log} 2>&1"
+        "--progress off {params.save} > {log} 2>&1"
 
 
 rule train_all:

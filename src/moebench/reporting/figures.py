@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,8 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from moebench.io import atomic_write, atomic_write_text
 from moebench.reporting import figdata
@@ -61,6 +64,11 @@ def algorithm_colors(algorithms: Sequence[str]) -> dict[str, tuple]:
     return {a: cmap(i % 10) for i, a in enumerate(algorithms)}
 
 
+def _natural_key(name: str) -> list:
+    """Sort key putting ``blocks.8`` before ``blocks.10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _grid(n: int, ncols: int = 3) -> tuple[int, int]:
     cols = max(1, min(ncols, n))
     return math.ceil(n / cols), cols
@@ -72,10 +80,11 @@ def _empty(ax, message: str) -> None:
 
 
 def _bar_labels(ax, x: np.ndarray, heights: np.ndarray) -> None:
+    """The value inside each bar's foot; ``X`` (DomainBed's empty cell) where none."""
     for xi, h in zip(x, heights):
-        if np.isfinite(h):
-            ax.text(xi, 1.0, f"{h:.1f}", ha="center", va="bottom", fontsize=6, rotation=90,
-                    color="white")
+        finite = bool(np.isfinite(h))
+        ax.text(xi, 1.0, f"{h:.1f}" if finite else "X", ha="center", va="bottom", fontsize=6,
+                rotation=90 if finite else 0, color="white" if finite else "gray")
 
 
 def accuracy_bars(report: Report, dataset: str, stem: str | os.PathLike[str],
@@ -86,8 +95,8 @@ def accuracy_bars(report: Report, dataset: str, stem: str | os.PathLike[str],
     domains = [*report.environments[dataset], figdata.AVG]
     algorithms = list(dict.fromkeys(frame.algorithm))
     colors = algorithm_colors(report.algorithms)
-    fig = Figure(figsize=(max(6.0, 1.1 * len(domains) * max(1, len(algorithms)) / 2 + 2), 4.2),
-                 layout="constrained")
+    width = 0.55 * len(domains) * max(1, len(algorithms)) + 2.0
+    fig = Figure(figsize=(min(16.0, max(6.0, width)), 4.2), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(algorithms))
     x = np.arange(len(domains))
@@ -100,6 +109,11 @@ def accuracy_bars(report: Report, dataset: str, stem: str | os.PathLike[str],
     top = np.nanmax((frame["mean"] + frame["err"].fillna(0)).to_numpy(dtype=float), initial=0.0)
     ax.set_ylim(0, min(100.0, top + 8.0) if top > 0 else 100.0)
     ax.set_xticks(x, domains)
+    ax.set_xlim(-0.6, len(domains) - 0.4)
+    if frame["mean"].isna().all():
+        ax.text(0.5, 0.5, f"no results for {method.name}\n(leave-one-domain-out needs pair runs)"
+                if selection == "lodo" else f"no results for {method.name}", ha="center",
+                va="center", transform=ax.transAxes, color="gray")
     ax.set_xlabel("Test domain")
     ax.set_ylabel("Test accuracy (%)")
     ax.set_title(f"{dataset}: out-of-domain accuracy (mean ± s.e. over trials)\n"
@@ -121,6 +135,7 @@ def _bubble_panel(ax, sub: pd.DataFrame, colors: dict, size_per_gb: float) -> No
                     textcoords="offset points", xytext=(math.sqrt(area / math.pi) + 4, 0),
                     ha="left", va="center", fontsize=7, zorder=5)
     ax.margins(x=0.35, y=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
     ax.grid(alpha=0.3)
 
 
@@ -145,7 +160,7 @@ def bubble_chart(records: Sequence[Record], report: Report, stem: str | os.PathL
         ax.set_title(dataset, fontsize=10)
         ax.set_xlabel("Training step time (s / step)")
         ax.set_ylabel("Test accuracy (%)")
-    handles = [fig.axes[0].scatter([], [], s=60, color=colors[a], label=a)
+    handles = [Line2D([], [], marker="o", linestyle="", markersize=8, color=colors[a], label=a)
                for a in report.algorithms if a in set(frame.algorithm)]
     if handles:
         fig.legend(handles=handles, title="Algorithm", loc="outside right upper")
@@ -169,8 +184,6 @@ def _curve_panel(ax, sub: pd.DataFrame, colors: dict) -> None:
 def accuracy_curves(records: Sequence[Record], report: Report, dataset: str,
                     stem: str | os.PathLike[str], selection: str = "iid") -> list[Path]:
     """Validation (dashed) and test (solid) accuracy vs step, one panel per test domain."""
-    from matplotlib.lines import Line2D
-
     frame = figdata.curves_frame(records, report, dataset, selection)
     labels = report.environments[dataset]
     rows, cols = _grid(len(labels))
@@ -204,9 +217,10 @@ def _load_panel(ax, sub: pd.DataFrame, color) -> None:
     for patch in box["boxes"]:
         patch.set_facecolor(color)
         patch.set_alpha(0.6)
-    n_experts = float(sub.n_experts.mean())
+    active = sub.active_experts.dropna()  # MASS: experts in use (the load list has room for more)
+    n_experts = float(active.mean()) if len(active) else float(sub.n_experts.mean())
     ax.axhline(100.0 / n_experts, color="black", linestyle=":", linewidth=1,
-               label="uniform (1/E)")
+               label="uniform (1/E)" if active.empty else "uniform over active experts")
     ax.set_xlabel("Expert (ranked by load)")
     ax.set_ylabel("Load (% of routed tokens)")
     ax.grid(axis="y", alpha=0.3)
@@ -214,7 +228,7 @@ def _load_panel(ax, sub: pd.DataFrame, color) -> None:
 
 def _dropped_panel(ax, sub: pd.DataFrame, color) -> None:
     per_ckpt = sub.drop_duplicates(["layer", "trial_seed", "test_env", "step"])
-    layers = list(dict.fromkeys(per_ckpt.layer))
+    layers = sorted(set(per_ckpt.layer), key=_natural_key)
     stats = [Cell(tuple(per_ckpt[per_ckpt.layer == lay].dropped_pct.dropna() / 100.0))
              for lay in layers]
     means = [np.nan if c.mean is None else c.mean for c in stats]
@@ -223,6 +237,8 @@ def _dropped_panel(ax, sub: pd.DataFrame, color) -> None:
            edgecolor="black", linewidth=0.5)
     ax.set_xticks(range(len(layers)), [lay.replace(".mlp", "") for lay in layers], fontsize=7,
                   rotation=20)
+    top = np.nanmax(np.asarray(means, dtype=float) + np.asarray(errs), initial=0.0)
+    ax.set_ylim(0.0, 1.0 if not top > 0 else 1.15 * top)
     ax.set_ylabel("Dropped (% of token choices)")
     ax.set_title("dropped by capacity", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
@@ -238,23 +254,21 @@ def expert_load(report: Report, dataset: str, stem: str | os.PathLike[str],
         fig = Figure(figsize=(6, 2.5), layout="constrained")
         _empty(fig.add_subplot(), f"{dataset}: no MoE routing statistics in the records")
         return save_figure(fig, frame, stem)
-    layers = list(dict.fromkeys(frame.layer))
+    layers = {a: sorted(set(frame[frame.algorithm == a].layer), key=_natural_key)
+              for a in algorithms}
     colors = algorithm_colors(report.algorithms)
-    cols = len(layers) + 1
+    cols = max(len(v) for v in layers.values()) + 1
     fig = Figure(figsize=(3.3 * cols, 2.9 * len(algorithms) + 0.6), layout="constrained")
     for i, algorithm in enumerate(algorithms):
         sub = frame[frame.algorithm == algorithm]
-        for j, layer in enumerate(layers):
+        for j, layer in enumerate(layers[algorithm]):
             ax = fig.add_subplot(len(algorithms), cols, i * cols + j + 1)
-            lay = sub[sub.layer == layer]
-            if lay.empty:
-                _empty(ax, f"{algorithm}: no {layer}")
-                continue
-            _load_panel(ax, lay, colors[algorithm])
+            _load_panel(ax, sub[sub.layer == layer], colors[algorithm])
             ax.set_title(f"{algorithm} · {layer}", fontsize=9)
+            if i == j == 0:
+                ax.legend(fontsize=7, loc="upper right")
         _dropped_panel(fig.add_subplot(len(algorithms), cols, i * cols + cols), sub,
                        colors[algorithm])
-    fig.axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{dataset}: expert load per MoE layer at the checkpoints chosen by "
                  f"{selection} (over trials × test domains)", fontsize=10)
     return save_figure(fig, frame, stem)

@@ -181,9 +181,10 @@ class _Ours:
     def __init__(self, records: Sequence[Record], reduced_label: str | None) -> None:
         self.records = list(records)
         self.reduced_label = reduced_label
-        self._reports: dict[tuple, tuple[Report, list[Record]]] = {}
+        self._reports: dict[tuple, tuple[Report | None, list[Record]]] = {}
 
-    def report(self, match: tuple) -> tuple[Report, list[Record]]:
+    def report(self, match: tuple) -> tuple[Report | None, list[Record]]:
+        """Our report (None without matching records) and the records behind it."""
         if match not in self._reports:
             chosen = [r for r in self.records if record_matches(r, match)]
             self._reports[match] = (build_report(chosen) if chosen else None, chosen)
