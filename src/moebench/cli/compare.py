@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from moebench.cli.common import run_main, setup_logging
 
@@ -50,17 +49,10 @@ def run(args: argparse.Namespace) -> int:
     """Load records and paper numbers, compare, write the three files."""
     from moebench.reporting.paper import compare, load_paper_numbers
     from moebench.reporting.paper_render import comparison_markdown, write_comparison
-    from moebench.reporting.records import load_results_file, load_sweep
+    from moebench.reporting.records import load_records_input
 
     numbers, names = load_paper_numbers(args.paper)
-    if args.records:
-        if not Path(args.records).is_file():
-            raise FileNotFoundError(f"records file not found: {args.records}")
-        records = load_results_file(args.records)
-    else:
-        records = load_sweep(args.input_dir)
-    if not records:
-        raise ValueError(f"no records in {args.records or args.input_dir}")
+    records = load_records_input(args.records, args.input_dir)
     rows = compare(records, numbers, dataset_names=names, reduced_label=args.reduced_label,
                    selections=args.selections, only_ours=args.only_ours)
     written = write_comparison(rows, args.out)

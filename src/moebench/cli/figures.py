@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from moebench.cli.common import run_main, setup_logging
 
@@ -55,16 +54,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _records(args: argparse.Namespace) -> list:
-    from moebench.reporting.records import load_results_file, load_sweep
+    from moebench.reporting.records import load_records_input
 
-    if args.records:
-        if not Path(args.records).is_file():
-            raise FileNotFoundError(f"records file not found: {args.records}")
-        records = load_results_file(args.records)
-    else:
-        records = load_sweep(args.input_dir)
-    if not records:
-        raise ValueError(f"no records in {args.records or args.input_dir}")
+    records = load_records_input(args.records, args.input_dir)
     return records
 
 

@@ -40,20 +40,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def tables(args: argparse.Namespace) -> int:
     """Load records, select models, write every table file."""
-    from pathlib import Path
 
     from moebench.reporting import render
-    from moebench.reporting.records import load_results_file, load_sweep
+    from moebench.reporting.records import load_records_input
     from moebench.reporting.tables import build_report, write_report
 
-    if args.records:
-        if not Path(args.records).is_file():
-            raise FileNotFoundError(f"records file not found: {args.records}")
-        records = load_results_file(args.records)
-    else:
-        records = load_sweep(args.input_dir)
-    if not records:
-        raise ValueError(f"no records in {args.records or args.input_dir}")
+    records = load_records_input(args.records, args.input_dir)
     report = build_report(records, algorithm_order=args.algorithm_order)
     written = write_report(report, args.out, routing=not args.no_routing)
     logger.info("wrote %d files under %s", len(written), args.out)

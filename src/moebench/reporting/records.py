@@ -195,3 +195,19 @@ def read_runs_file(path: str | os.PathLike[str]) -> list[Path]:
         raise FileNotFoundError(f"runs file not found: {path}")
     lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [Path(line) for line in lines if line and not line.startswith("#")]
+
+
+def load_records_input(records: str | None, input_dir: str | None) -> list[Record]:
+    """Records for a reporting CLI: a collected records file, or a sweep directory.
+
+    Raises FileNotFoundError / ValueError (one line) when the file is missing or empty.
+    """
+    if records:
+        if not Path(records).is_file():
+            raise FileNotFoundError(f"records file not found: {records}")
+        loaded = load_results_file(records)
+    else:
+        loaded = load_sweep(input_dir)
+    if not loaded:
+        raise ValueError(f"no records in {records or input_dir}")
+    return loaded
