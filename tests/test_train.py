@@ -1,4 +1,5 @@
 """The DomainBed training loop: records, determinism, kill-and-resume."""
+import dataclasses
 import json
 
 import pytest
@@ -116,3 +117,14 @@ def test_split_and_sampling_follow_domainbed():
         assert train.resolve_device("auto").type == "cpu"
         with pytest.raises(ValueError, match="CUDA is not available"):
             train.resolve_device("cuda")
+
+
+def test_bf16_precision_is_part_of_the_identity_and_trains(digits, tmp_path):
+    path, ds = digits
+    fp32 = spec_for("gmoe", steps=2, freq=1)
+    bf16 = dataclasses.replace(fp32, precision="bf16")
+    assert bf16.run_id != fp32.run_id
+    run = train.train_run(bf16, ds, path, tmp_path / "r", torch.device("cpu"), QUIET)
+    assert [r["step"] for r in records_of(run)] == [0, 1]
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        dataclasses.replace(fp32, precision="fp16")

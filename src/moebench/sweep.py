@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from moebench.hparams import resolve_hparams, seed_hash
 
 TEST_ENV_MODES = ("singles_and_pairs", "singles")
+PRECISIONS = ("fp32", "bf16")
 # build params that say where data comes from, not what it is: kept out of run identities
 SOURCE_PARAMS = frozenset({"existing_dir", "mirror", "cache_dir", "keep_archives", "retries", "progress"})
 
@@ -38,6 +39,11 @@ class RunSpec:
     holdout_fraction: float
     hparams: Mapping[str, Any] = field(hash=False)
     data: Mapping[str, Any] = field(hash=False, default_factory=dict)
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def identity(self) -> dict[str, Any]:
         """Path-free identity; its hash names the run directory."""
@@ -109,6 +115,7 @@ def enumerate_runs(config: Mapping[str, Any], env_counts: Callable[[str], int] |
                     holdout_fraction=float(sweep["holdout_fraction"]),
                     hparams=hparams,
                     data={k: v for k, v in (ds.get("build") or {}).items() if k not in SOURCE_PARAMS},
+                    precision=sweep.get("precision", "fp32"),
                 )
             )
     return runs

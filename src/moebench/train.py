@@ -215,24 +215,19 @@ def build_algorithm(spec: RunSpec, dataset: Any, device: torch.device) -> Any:
 class RunOptions:
     """How (not what) to train: these never change a run's identity.
 
-    precision: "fp32" or "bf16" (autocast of the update and evaluation forwards);
     world: data-parallel ranks (see moebench.distributed); save_model: keep ``model.pt``
     (the trained network's state dict) when the run is done; progress: tqdm bar
     (None = only on a terminal).
     """
 
-    precision: str = "fp32"
     world: World = World()
     save_model: bool = False
     progress: bool | None = None
 
-    def autocast(self, device: torch.device) -> Any:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
-
-PRECISIONS = ("fp32", "bf16")
+def autocast(spec: RunSpec, device: torch.device) -> Any:
+    """The run's precision: "bf16" autocasts the update and evaluation forwards."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
 
 
 def checkpoint_record(algorithm: Any, spec: RunSpec, splits: Splits, window: Mapping[str, list[float]],
@@ -276,14 +271,14 @@ def train_run(spec: RunSpec, dataset: Any, data_path: str, run_dir: str | Path,
                leave=False)
     for step in bar:
         t0 = time.time()
-        with options.autocast(device):
+        with autocast(spec, device):
             out = algorithm.update(splits.minibatches(step, int(spec.hparams["batch_size"]), device, world))
         window.setdefault("step_time", []).append(time.time() - t0)
         for key, value in out.items():
             window.setdefault(key, []).append(float(value))
         if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
             if world.is_main:
-                with options.autocast(device):
+                with autocast(spec, device):
                     record = checkpoint_record(algorithm, spec, splits, window, step, device, extra)
                 state.append(record)
                 state.save(algorithm, step)

@@ -47,7 +47,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="runs sharing a GPU; with several GPUs visible each process claims one")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16 = autocast of forwards on GPU/CPU")
+                   help="bf16 = autocast of the forwards (a run's precision is part of its identity)")
     p.add_argument("--save-model", action="store_true", help="keep model.pt when a run is done")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -76,7 +76,7 @@ def single_run_spec(args: argparse.Namespace):
         hparams_seed=args.hparams_seed, trial_seed=args.trial_seed,
         seed=seed_hash(args.dataset, args.algorithm, list(test_envs), args.hparams_seed, args.trial_seed),
         steps=args.steps, checkpoint_freq=args.checkpoint_freq, holdout_fraction=args.holdout_fraction,
-        hparams=hparams,
+        hparams=hparams, precision=args.precision,
     )
 
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         options = train.RunOptions(
-            precision=args.precision, world=init_world(device), save_model=args.save_model,
+            world=init_world(device), save_model=args.save_model,
             progress={"auto": None, "on": True, "off": False}[args.progress])
         if args.plan:
             if not args.batch:
