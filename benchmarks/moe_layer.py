@@ -5,11 +5,15 @@ One process, same inputs for every variant; a ViT-S MoE layer (model_dim 384, hi
 hits every column alike), the median of ``--iters`` iterations after ``--warmup``:
   ours      MoELayer (train mode, gate noise 1.0, batch-prioritised routing)
   dense     the dense FFN on every token
-  dense_k   the dense FFN on k * T rows (mean-k for MinTau, B * slots for Soft-MoE):
-            the FLOP floor of the routed expert GEMMs
+  dense_k   the dense FFN on k * T rows (mean-k for MinTau): the FLOP floor of the routed
+            expert GEMMs; for Soft-MoE the floor of its slot GEMMs: the dense FFN on the
+            B * slots rows plus the dispatch and combine bmm's (fixed softmax weights that
+            also receive gradients)
   naive     a per-expert Python loop over boolean masks (moebench.moe.reference)
 plus ratios, achieved GFLOP/s of the expert GEMMs vs a measured GEMM peak, and the peak
-extra memory of one fwd+bwd relative to dense_k.
+extra memory of one fwd+bwd (activations and temporaries: the variant's own parameter
+gradients are subtracted, since E experts inherently have E x the gradient bytes)
+relative to dense_k. CPU memory comes from the profiler's allocation events.
 
   python benchmarks/moe_layer.py [--quick] [--json out.json] [--device cuda --dtype bf16]
 """
@@ -76,7 +80,7 @@ def gemm_peak(device: torch.device, dtype: torch.dtype) -> float:
         for _ in range(2):
             torch.mm(a, b)
         times = []
-        for _ in range(5):
+        for _ in range(10):
             sync(device)
             t0 = time.perf_counter()
             torch.mm(a, b)
@@ -135,6 +139,23 @@ def peak_memory(fn: Callable, params: list, device: torch.device) -> float:
     return float(peak)
 
 
+def _soft_floor(mlp: Mlp, x: torch.Tensor, n_slots: int) -> tuple[Callable, list]:
+    """Slot-GEMM floor of Soft-MoE: bmm(Dᵀ, x) -> dense FFN -> bmm(C, ·)."""
+    shape = (x.shape[0], x.shape[1], n_slots)
+    disp = torch.softmax(torch.randn(shape, device=x.device), 1).to(x.dtype).requires_grad_()
+    comb = torch.softmax(torch.randn(shape, device=x.device), 2).to(x.dtype).requires_grad_()
+
+    def fn() -> torch.Tensor:
+        slots = torch.bmm(disp.transpose(1, 2), x)
+        ys = mlp(slots.reshape(-1, x.shape[2])).view(x.shape[0], n_slots, -1)
+        return torch.bmm(comb, ys)
+    return fn, [disp, comb]
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 def make_layer(case: dict, device, dtype) -> MoELayer:
     kwargs = {"tau": case["tau"]} if "tau" in case else \
         {"slots_per_expert": case["slots"]} if "slots" in case else None
@@ -164,12 +185,15 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
     xk = torch.randn(int(round(floor_rows)), D, device=device, dtype=dtype, requires_grad=True)
     naive = naive_soft_forward if case["router"] == "soft" else naive_moe_forward
     fns = {"ours": lambda: layer(x), "dense": lambda: mlp(x), "dense_k": lambda: mlp(xk)}
+    extra = []
+    if case["router"] == "soft":
+        fns["dense_k"], extra = _soft_floor(mlp, x, case["E"] * case["slots"])
     if not args.no_naive:
         fns["naive"] = lambda: naive(layer, x)
-    params = [x, xk, *layer.parameters(), *mlp.parameters()]
+    params = [x, xk, *extra, *layer.parameters(), *mlp.parameters()]
     ms = time_round_robin(fns, params, args.iters, args.warmup, device)
-    mem_ours = peak_memory(fns["ours"], params, device)
-    mem_dense_k = peak_memory(fns["dense_k"], params, device)
+    mem_ours = peak_memory(fns["ours"], params, device) - _param_bytes(layer)
+    mem_dense_k = peak_memory(fns["dense_k"], params, device) - _param_bytes(mlp)
     flops = 12.0 * routed_rows * D * H
     if case["router"] == "soft":
         flops += 6 * 2.0 * B * M * case["E"] * case["slots"] * D   # dispatch + combine bmm
@@ -222,7 +246,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         rows.append(run_case(case, args, device, dtype, peak))
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    print("\n" + format_table(rows) + f"\nloadavg start {load0[0]:.2f} end {os.getloadavg()[0]:.2f}")
+    peak = max(peak, gemm_peak(device, dtype))      # re-probe: keep the best of both
+    for row in rows:
+        row["peak_gflops"] = peak
+        row["pct_peak"] = 100.0 * row["ours_gflops"] / peak
+    print(f"\nGEMM peak (best of start/end probes) {peak:.1f} GFLOP/s\n" + format_table(rows)
+          + f"\nloadavg start {load0[0]:.2f} end {os.getloadavg()[0]:.2f}")
     if args.json:
         meta = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
                 "iters": args.iters, "warmup": args.warmup, "gemm_peak_gflops": peak,

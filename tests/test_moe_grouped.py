@@ -130,3 +130,69 @@ def test_custom_activation_callable_and_bf16():
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     y.float().sum().backward()
     assert layer.experts.fc1_weight.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kind", ["gelu", "gelu_tanh", "relu", "silu", "identity"])
+@pytest.mark.parametrize("with_index", [True, False])
+def test_fused_ffn_gradcheck(kind, with_index):
+    from moebench.moe.fused_ffn import fused_ffn
+    x, index, slot, counts, w1, b1, w2, b2, weight = _setup()
+    if not with_index:
+        x = torch.randn(sum(counts), 4, dtype=torch.float64, requires_grad=True)
+        index = slot = None
+
+    def fn(x, w1, b1, w2, b2, weight):
+        return fused_ffn(x, counts, w1, b1, w2, b2, kind, index=index, slot=slot,
+                         weight=weight)
+
+    assert torch.autograd.gradcheck(fn, (x, w1, b1, w2, b2, weight))
+
+
+def test_fused_and_grouped_paths_agree():
+    from moebench.moe.fused_ffn import act_kind
+    torch.manual_seed(0)
+    a = MoELayer(8, 16, num_experts=3, router="topk", k=2, capacity_factor=0.9, gate_noise=0.0)
+    b = MoELayer(8, 16, act_layer=lambda t: torch.nn.functional.gelu(t) * 1.0, num_experts=3,
+                 router="topk", k=2, capacity_factor=0.9, gate_noise=0.0)
+    b.load_state_dict(a.state_dict())
+    assert act_kind(a.experts.act) == "gelu" and act_kind(b.experts.act) is None
+    x = torch.randn(30, 8, requires_grad=True)
+    ya, yb = a(x), b(x)
+    torch.testing.assert_close(ya, yb)
+    ga = torch.autograd.grad(ya.square().sum(), [x, *a.parameters()])
+    gb = torch.autograd.grad(yb.square().sum(), [x, *b.parameters()])
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+def test_retain_graph_double_backward_pass():
+    layer = MoELayer(8, 16, num_experts=3, router="topk", k=2, capacity_factor=0.0)
+    y = layer(torch.randn(10, 8)).sum()
+    y.backward(retain_graph=True)
+    g1 = layer.experts.fc1_weight.grad.clone()
+    y.backward()
+    torch.testing.assert_close(layer.experts.fc1_weight.grad, 2 * g1)
+
+
+def test_row_blocks_group_small_experts():
+    from moebench.moe.fused_ffn import row_blocks
+    blocks = row_blocks((3, 0, 4, 1, 6, 2), min_rows=5)
+    assert blocks == [(0, 7, ((0, 0, 3), (2, 3, 7))), (7, 14, ((3, 0, 1), (4, 1, 7))),
+                      (14, 16, ((5, 0, 2),))]
+    assert row_blocks((2, 2), min_rows=1) == [(0, 2, ((0, 0, 2),)), (2, 4, ((1, 0, 2),))]
+    assert row_blocks((0, 0)) == []
+
+
+@pytest.mark.parametrize("min_rows", [1, 7, 10**6])
+def test_layer_matches_naive_for_any_block_grouping(monkeypatch, min_rows):
+    import moebench.moe.fused_ffn as fused
+    monkeypatch.setattr(fused, "MIN_BLOCK_ROWS", min_rows)
+    torch.manual_seed(3)
+    layer = MoELayer(8, 16, num_experts=5, router="topk", k=2, capacity_factor=1.0,
+                     gate_noise=0.0, expert_drop=0.0)
+    x = torch.randn(40, 8, requires_grad=True)
+    ys = [layer(x), naive_moe_forward(layer, x)]
+    grads = [torch.autograd.grad(y.square().sum(), [x, *layer.parameters()]) for y in ys]
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

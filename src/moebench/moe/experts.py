@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moebench.moe.fused_ffn import act_kind, fused_ffn
 from moebench.moe.grouped import gather_linear, linear_scatter
 
 
@@ -108,14 +109,25 @@ class BatchedExperts(nn.Module):
         """Gather rows ``x[index]`` (grouped by expert, ``counts[e]`` each), run the experts,
         scale by ``weight`` [N] and sum back per token through ``slot`` [T, k] (see
         ``DispatchPlan``) into [T, D_out]; with index/slot None x is already grouped and
-        [N, D_out] is returned. Uses the grouped custom-autograd linears (``grouped.py``)
-        unless there are per-expert hidden norms.
+        [N, D_out] is returned. Paths: fused per-expert FFN (``fused_ffn.py``) for known
+        activations; grouped linears + autograd activation (``grouped.py``) for any other
+        activation; plain autograd ops with per-expert hidden norms.
         """
+        kind = act_kind(self.act)
         if self.norms is None:
-            h = gather_linear(x, counts, self.fc1_weight, self.fc1_bias, index=index, slot=slot)
-            a = self.drop(self.act(h))
-            return linear_scatter(a, counts, self.fc2_weight, self.fc2_bias, weight=weight,
-                                  index=index, slot=slot)
+            # custom autograd kernels see one dtype: under autocast, cast once and run as is
+            dev = x.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+            cast = (lambda t: t if t is None or dtype is None else t.to(dtype))  # noqa: E731
+            w1, b1, w2, b2 = map(cast, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias))
+            x, weight = cast(x), cast(weight)
+            with torch.autocast(dev, enabled=False):
+                if kind is not None:
+                    return fused_ffn(x, counts, w1, b1, w2, b2, kind, self.drop.p, self.training,
+                                     index=index, slot=slot, weight=weight)
+                h = gather_linear(x, counts, w1, b1, index=index, slot=slot)
+                a = self.drop(self.act(h))
+                return linear_scatter(a, counts, w2, b2, weight=weight, index=index, slot=slot)
         xs = x if index is None else x.index_select(0, index)
         ys = self.forward_grouped(xs, counts)
         if weight is not None:

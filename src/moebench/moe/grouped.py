@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 
-def _segments(counts: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+def segments(counts: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+    """(expert, start row, end row) of every non-empty expert block."""
     start = 0
     for e, n in enumerate(counts):
         if n > 0:
@@ -23,7 +24,7 @@ def _segments(counts: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
         start += n
 
 
-def _gather_sum(rows: Tensor, slot: Tensor) -> Tensor:
+def gather_sum(rows: Tensor, slot: Tensor) -> Tensor:
     """rows [N + 1, C] (row N is zero), slot [T, k] -> [T, C] = Σ_r rows[slot[:, r]]."""
     out = rows.index_select(0, slot[:, 0])
     for r in range(1, slot.shape[1]):
@@ -31,7 +32,7 @@ def _gather_sum(rows: Tensor, slot: Tensor) -> Tensor:
     return out
 
 
-def _padded(n: int, cols: int, like: Tensor, pad: bool) -> Tensor:
+def padded_buffer(n: int, cols: int, like: Tensor, pad: bool) -> Tensor:
     """Empty [n, cols] buffer, with one extra zero row at index n when ``pad``."""
     if not pad:
         return like.new_empty(n, cols)
@@ -43,8 +44,8 @@ def _padded(n: int, cols: int, like: Tensor, pad: bool) -> Tensor:
 def _grouped_linear(x: Tensor, counts, w: Tensor, b: Optional[Tensor],
                     pad: bool = False) -> Tensor:
     """x [N, I] grouped -> [N (+1 zero row if pad), O] with out_e = x_e @ w[e].T + b[e]."""
-    out = _padded(x.shape[0], w.shape[1], x, pad)
-    for e, s, t in _segments(counts):
+    out = padded_buffer(x.shape[0], w.shape[1], x, pad)
+    for e, s, t in segments(counts):
         if b is None:
             torch.mm(x[s:t], w[e].t(), out=out[s:t])
         else:
@@ -64,8 +65,8 @@ def _grouped_linear_backward(gout: Tensor, inp: Tensor, counts, w: Tensor,
             gw[e].zero_()
             if gb is not None:
                 gb[e].zero_()
-    gin = _padded(gout.shape[0], w.shape[2], gout, pad) if need_in else None
-    for e, s, t in _segments(counts):
+    gin = padded_buffer(gout.shape[0], w.shape[2], gout, pad) if need_in else None
+    for e, s, t in segments(counts):
         if gw is not None:
             torch.mm(gout[s:t].t(), inp[s:t], out=gw[e])
         if gb is not None:
@@ -94,7 +95,7 @@ class _GatherLinear(torch.autograd.Function):
         xs = x if index is None else x.index_select(0, index)
         gw, gb, gxs = _grouped_linear_backward(gh.contiguous(), xs, ctx.counts, w, b,
                                                need_w, need_in, pad=index is not None)
-        gx = gxs if gxs is None or index is None else _gather_sum(gxs, slot)
+        gx = gxs if gxs is None or index is None else gather_sum(gxs, slot)
         return gx, None, None, None, gw, gb
 
 
@@ -106,10 +107,10 @@ class _LinearScatter(torch.autograd.Function):
         y = _grouped_linear(a, counts, w, b, pad=slot is not None and weight is None)
         out = y
         if weight is not None:
-            out = _padded(y.shape[0], y.shape[1], y, pad=slot is not None)
+            out = padded_buffer(y.shape[0], y.shape[1], y, pad=slot is not None)
             torch.mul(y, weight.unsqueeze(1), out=out[:y.shape[0]])
         if slot is not None:
-            out = _gather_sum(out, slot)
+            out = gather_sum(out, slot)
         ctx.save_for_backward(a, w, b, weight, index, y if weight is not None else None)
         ctx.counts = counts
         return out

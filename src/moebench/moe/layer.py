@@ -79,7 +79,7 @@ class MoELayer(nn.Module):
         return self.drop(y).reshape(*x.shape[:-1], self.out_features)
 
     def _forward_tokens(self, x: Tensor, capacity_factor: Optional[float]) -> Tensor:
-        """x [T, D] -> [T, D_out] via one sort, contiguous expert GEMMs, index_add combine."""
+        """x [T, D] -> [T, D_out]: one sort, contiguous per-expert FFN blocks, gather combine."""
         res = self.router(x)
         cf = self.capacity_factor if capacity_factor is None else float(capacity_factor)
         plan = plan_dispatch(res.indices, res.valid, res.priority, self.num_experts,
