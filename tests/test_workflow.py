@@ -42,8 +42,14 @@ def snakemake(work: Path, overrides: dict, *targets: str, dry: bool = False) -> 
 @pytest.mark.slow
 def test_end_to_end_tables_on_tiny_params(tmp_path):
     work = workflow_copy(tmp_path)
-    proc = snakemake(work, TINY, "results/tables")
+    proc = snakemake(work, TINY, "results/tables", "figures_all")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = work / "results" / "figures"
+    for stem in ("accuracy_iid_colored_digits", "bubble_iid", "curves_colored_digits",
+                 "expert_load_iid_colored_digits"):
+        for ext in ("png", "pdf", "csv"):
+            assert (figures / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
+    assert (work / "results" / "paper" / "ours_vs_paper.csv").exists()
     tables = work / "results" / "tables"
     text = (tables / "results.txt").read_text()
     for method in ("training-domain validation set", "leave-one-domain-out cross-validation",
@@ -61,7 +67,7 @@ def test_end_to_end_tables_on_tiny_params(tmp_path):
     summary = json.loads((tables / "summary.json").read_text())
     assert summary
     # nothing left to do afterwards
-    again = snakemake(work, TINY, "results/tables", dry=True)
+    again = snakemake(work, TINY, "results/tables", "figures_all", dry=True)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
