@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moebench.moe.grouped import gather_sum, padded_buffer, segments
+from moebench.moe.grouped import gather_sum, linear_block_backward, padded_buffer, segments
 
 _FN_KINDS = {F.gelu: "gelu", F.relu: "relu", F.silu: "silu", torch.relu: "relu"}
 
@@ -81,18 +81,6 @@ def _linear_block(x: Tensor, members, w: Tensor, b: Optional[Tensor]) -> Tensor:
     return out
 
 
-def _linear_block_backward(gout: Tensor, inp: Tensor, members, w: Tensor, gw, gb,
-                           gin: Optional[Tensor]) -> None:
-    """Write gw[e] = gout_eᵀ inp_e, gb[e] = Σ gout_e and gin rows = gout_e w[e] per member."""
-    for e, s, t in members:
-        if gw is not None:
-            torch.mm(gout[s:t].t(), inp[s:t], out=gw[e])
-        if gb is not None:
-            torch.sum(gout[s:t], dim=0, out=gb[e])
-        if gin is not None:
-            torch.mm(gout[s:t], w[e], out=gin[s:t])
-
-
 class _FusedFFN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, index, slot, weight, counts, w1, b1, w2, b2, kind, p, training):
@@ -134,12 +122,12 @@ class _FusedFFN(torch.autograd.Function):
                     torch.sum(gy * y, dim=1, out=gweight[s:t])
                 gy = gy * weight[s:t].unsqueeze(1)
             ga = gy.new_empty(t - s, w2.shape[2])
-            _linear_block_backward(gy, a, members, w2, gw2, gb2, ga)
+            linear_block_backward(gy, a, members, w2, gw2, gb2, ga)
             if mask is not None:
                 ga.mul_(mask).div_(1.0 - p)
             gh = _act_backward(ga, h, kind)
             xs = x[s:t] if index is None else x.index_select(0, index[s:t])
-            _linear_block_backward(gh, xs, members, w1, gw1, gb1,
+            linear_block_backward(gh, xs, members, w1, gw1, gb1,
                                    None if gxs is None else gxs[s:t])
         gx = gxs if gxs is None or index is None else gather_sum(gxs, slot)
         return gx, None, None, gweight, None, gw1, gb1, gw2, gb2, None, None, None

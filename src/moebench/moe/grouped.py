@@ -24,6 +24,19 @@ def segments(counts: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
         start += n
 
 
+def linear_block_backward(gout: Tensor, inp: Tensor, members, w: Tensor, gw, gb,
+                           gin: Optional[Tensor]) -> None:
+    """Write gw[e] = gout_eᵀ inp_e, gb[e] = Σ gout_e and gin rows = gout_e w[e] per member."""
+    for e, s, t in members:
+        if gw is not None:
+            torch.mm(gout[s:t].t(), inp[s:t], out=gw[e])
+        if gb is not None:
+            torch.sum(gout[s:t], dim=0, out=gb[e])
+        if gin is not None:
+            torch.mm(gout[s:t], w[e], out=gin[s:t])
+
+
+
 def gather_sum(rows: Tensor, slot: Tensor) -> Tensor:
     """rows [N + 1, C] (row N is zero), slot [T, k] -> [T, C] = Σ_r rows[slot[:, r]]."""
     out = rows.index_select(0, slot[:, 0])
@@ -66,13 +79,7 @@ def _grouped_linear_backward(gout: Tensor, inp: Tensor, counts, w: Tensor,
             if gb is not None:
                 gb[e].zero_()
     gin = padded_buffer(gout.shape[0], w.shape[2], gout, pad) if need_in else None
-    for e, s, t in segments(counts):
-        if gw is not None:
-            torch.mm(gout[s:t].t(), inp[s:t], out=gw[e])
-        if gb is not None:
-            torch.sum(gout[s:t], dim=0, out=gb[e])
-        if gin is not None:
-            torch.mm(gout[s:t], w[e], out=gin[s:t])
+    linear_block_backward(gout, inp, segments(counts), w, gw, gb, gin)
     return gw, gb, gin
 
 
