@@ -1,11 +1,10 @@
-"""Small file helpers: atomic writes (temp file in the same folder, fsync, rename) and sha256.
+"""Small file helpers: atomic writes (temp file in the same folder, fsync, rename).
 
 A reader, or a crash, never sees a half-written file: everything the pipeline writes goes
 through :func:`atomic_write`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -51,11 +50,3 @@ def atomic_write_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[s
     """Write one JSON object per line (keys sorted) atomically."""
     return atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()

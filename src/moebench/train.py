@@ -21,6 +21,7 @@ import torch
 from moebench.distributed import World, average_gradients
 from moebench.hparams import seed_hash
 from moebench.io import atomic_write, atomic_write_jsonl, atomic_write_text
+from moebench.reporting.records import read_jsonl
 from moebench.sweep import RunSpec
 
 log = logging.getLogger(__name__)
@@ -132,21 +133,6 @@ def run_args(spec: RunSpec, run_dir: Path, data_path: str) -> dict[str, Any]:
     }
 
 
-def read_records(path: Path, max_step: int | None = None) -> list[dict[str, Any]]:
-    """Records of a results.jsonl, keeping complete lines with ``step <= max_step``."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: everything after it is recomputed
-        if max_step is None or rec["step"] <= max_step:
-            records.append(rec)
-    return records
-
-
 class RunState:
     """Where a run stands on disk: fresh, resumable from a checkpoint, or done."""
 
@@ -172,7 +158,8 @@ class RunState:
         algorithm.load_checkpoint_state(state["algorithm"])
         set_rng_state(state["rng"])
         if truncate:
-            atomic_write_jsonl(self.results, read_records(self.results, max_step=state["step"]))
+            kept = read_jsonl(self.results) if self.results.exists() else []  # skips a cut last line
+            atomic_write_jsonl(self.results, [r for r in kept if r["step"] <= state["step"]])
         log.info("resuming %s from step %d", self.dir, state["step"])
         return int(state["step"]) + 1
 

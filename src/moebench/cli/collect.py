@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from moebench.cli.common import run_main, setup_logging
+from moebench.cli.common import run_cli
 
 logger = logging.getLogger("moebench.cli.collect")
 PROG = "moebench.cli.collect"
@@ -74,9 +74,7 @@ def collect(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with a one-line error on bad input)."""
-    args = parse(argv)
-    setup_logging(args.verbose)
-    return run_main(lambda: collect(args), PROG)
+    return run_cli(argv, parse, collect, PROG)
 
 
 if __name__ == "__main__":

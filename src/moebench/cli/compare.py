@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from moebench.cli.common import run_main, setup_logging
+from moebench.cli.common import add_records_source, run_cli
 
 logger = logging.getLogger("moebench.cli.compare")
 PROG = "moebench.cli.compare"
@@ -27,10 +27,7 @@ PROG = "moebench.cli.compare"
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--records", metavar="FILE", help="records.jsonl written by cli.collect")
-    src.add_argument("--input_dir", "--input-dir", dest="input_dir", metavar="DIR",
-                     help="read a sweep directory directly (ours or DomainBed's)")
+    add_records_source(p)
     p.add_argument("--paper", required=True, metavar="FILE",
                    help="published numbers (params/paper_numbers.yaml)")
     p.add_argument("--out", required=True, help="output directory")
@@ -66,9 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with a one-line error on bad input)."""
-    args = parse(argv)
-    setup_logging(args.verbose)
-    return run_main(lambda: run(args), PROG)
+    return run_cli(argv, parse, run, PROG)
 
 
 if __name__ == "__main__":

@@ -9,23 +9,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Sequence
+
+from moebench.cli.common import ArgumentError, OneLineParser
 
 log = logging.getLogger("moebench.cli.data")
 
 
-class _ArgumentError(Exception):
-    """Raised instead of argparse's usage-plus-exit so the CLI reports one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """Raise instead of printing usage and exiting."""
-        raise _ArgumentError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m moebench.cli.data", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m moebench.cli.data", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="DATASETS name, e.g. rotated_digits")
     p.add_argument("--out", required=True, help="output .npz path (written atomically)")
     p.add_argument("--seed", type=int, default=None, help="shuffle/colour seed")
@@ -46,7 +38,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.param:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise _ArgumentError(f"--param expects KEY=VALUE, got {item!r}")
+            raise ArgumentError(f"--param expects KEY=VALUE, got {item!r}")
         try:
             params[key.replace("-", "_")] = json.loads(raw)
         except json.JSONDecodeError:
@@ -63,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         build_dataset(args.dataset, args.out, **_params(args))
-    except (_ArgumentError, UnknownNameError, ValueError, OSError) as exc:
+    except (ArgumentError, UnknownNameError, ValueError, OSError) as exc:
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -15,22 +15,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
+
+from moebench.cli.common import ArgumentError, OneLineParser
 
 log = logging.getLogger("moebench.cli.download")
 
 
-class _ArgumentError(Exception):
-    """Raised instead of argparse's usage-plus-exit so the CLI reports one line."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise _ArgumentError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m moebench.cli.download", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m moebench.cli.download", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="pacs, vlcs, office_home, "
                    "terra_incognita, domain_net or mnist")
     p.add_argument("--data-dir", required=True, type=Path, help="parent of the dataset folder")
@@ -51,7 +44,7 @@ def run(args: argparse.Namespace) -> Path:
     from moebench.datasets.domainbed import DOWNLOADABLE
 
     if args.dataset not in DOWNLOADABLE:
-        raise _ArgumentError(f"unknown dataset {args.dataset!r}; valid: "
+        raise ArgumentError(f"unknown dataset {args.dataset!r}; valid: "
                              f"{', '.join(sorted(DOWNLOADABLE))}")
     spec = DOWNLOADABLE[args.dataset]
     out = Path(args.data_dir) / spec.DIR_NAME
@@ -66,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         out = run(_parser().parse_args(argv))
-    except _ArgumentError as exc:
+    except ArgumentError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except (RuntimeError, ValueError, OSError) as exc:  # DownloadError is a RuntimeError

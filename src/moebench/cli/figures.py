@@ -19,7 +19,7 @@ import argparse
 import logging
 import sys
 
-from moebench.cli.common import run_main, setup_logging
+from moebench.cli.common import add_records_source, run_cli
 
 logger = logging.getLogger("moebench.cli.figures")
 PROG = "moebench.cli.figures"
@@ -31,10 +31,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from moebench.reporting.tables import DEFAULT_ALGORITHM_ORDER
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--records", metavar="FILE", help="records.jsonl written by cli.collect")
-    src.add_argument("--input_dir", "--input-dir", dest="input_dir", metavar="DIR",
-                     help="read a sweep directory directly (ours or DomainBed's)")
+    src = add_records_source(p)
     src.add_argument("--model", metavar="FILE", help="model.pt of a trained run: attention maps")
     p.add_argument("--out", required=True, help="output directory for the figures")
     p.add_argument("--selection", default="iid", choices=["iid", "lodo", "oracle"],
@@ -80,9 +77,7 @@ def figures(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with a one-line error on bad input)."""
-    args = parse(argv)
-    setup_logging(args.verbose)
-    return run_main(lambda: figures(args), PROG)
+    return run_cli(argv, parse, figures, PROG)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from moebench.cli.common import run_main, setup_logging
+from moebench.cli.common import add_records_source, run_cli
 
 logger = logging.getLogger("moebench.cli.tables")
 PROG = "moebench.cli.tables"
@@ -25,10 +25,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     from moebench.reporting.tables import DEFAULT_ALGORITHM_ORDER
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--records", metavar="FILE", help="records.jsonl written by cli.collect")
-    src.add_argument("--input_dir", "--input-dir", dest="input_dir", metavar="DIR",
-                     help="read a sweep directory directly (e.g. one written by DomainBed)")
+    add_records_source(p)
     p.add_argument("--out", required=True, help="output directory for the tables")
     p.add_argument("--algorithm-order", nargs="+", default=list(DEFAULT_ALGORITHM_ORDER),
                    metavar="NAME", help="preferred row order; other algorithms follow sorted")
@@ -56,9 +53,7 @@ def tables(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 with a one-line error on bad input)."""
-    args = parse(argv)
-    setup_logging(args.verbose)
-    return run_main(lambda: tables(args), PROG)
+    return run_cli(argv, parse, tables, PROG)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+from moebench.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,6 @@ class DomainDataset:
         return self.envs[index]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def write_npz_atomic(out_path: Path, envs: EnvArrays, meta: dict[str, Any]) -> None:
     """Write per-env ``[(x [N,C,H,W], y [N]), ...]`` and ``meta`` to ``out_path`` atomically."""
@@ -62,18 +57,7 @@ def write_npz_atomic(out_path: Path, envs: EnvArrays, meta: dict[str, Any]) -> N
     for i, (x, y) in enumerate(envs):
         arrays[f"env{i}_x"] = np.ascontiguousarray(x, dtype=np.float32)
         arrays[f"env{i}_y"] = np.ascontiguousarray(y, dtype=np.int64)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the normal file mode
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out_path, lambda fh: np.savez_compressed(fh, **arrays))
     log.info("wrote %s (%d environments)", out_path, len(envs))
 
 

@@ -34,6 +34,7 @@ from moebench.datasets.download import (
     publish_dir,
     staging_dir,
 )
+from moebench.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,7 @@ def _write_record(cache_dir: Path, name: str, url: str, path: Path) -> None:
     """Store size + sha256 of a first download (atomic rewrite of checksums.json)."""
     records = _read_records(cache_dir)
     records[name] = {"size": path.stat().st_size, "sha256": file_digest(path), "url": url}
-    tmp = cache_dir / f".{CHECKSUMS_FILE}.tmp"
-    tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, cache_dir / CHECKSUMS_FILE)
+    atomic_write_text(cache_dir / CHECKSUMS_FILE, json.dumps(records, indent=1, sort_keys=True) + "\n")
     log.info("recorded sha256 %s for %s", records[name]["sha256"], name)
 
 
