@@ -177,10 +177,52 @@ def test_retain_graph_double_backward_pass():
 def test_row_blocks_group_small_experts():
     from moebench.moe.fused_ffn import row_blocks
     blocks = row_blocks((3, 0, 4, 1, 6, 2), min_rows=5)
-    assert blocks == [(0, 7, ((0, 0, 3), (2, 3, 7))), (7, 14, ((3, 0, 1), (4, 1, 7))),
-                      (14, 16, ((5, 0, 2),))]
-    assert row_blocks((2, 2), min_rows=1) == [(0, 2, ((0, 0, 2),)), (2, 4, ((1, 0, 2),))]
+    assert blocks == [(0, 7, ((0, 0, 3, False), (2, 3, 7, False))),
+                      (7, 14, ((3, 0, 1, False), (4, 1, 7, False))),
+                      (14, 16, ((5, 0, 2, False),))]
+    assert row_blocks((2, 2), min_rows=1) == [(0, 2, ((0, 0, 2, False),)),
+                                              (2, 4, ((1, 0, 2, False),))]
     assert row_blocks((0, 0)) == []
+
+
+def test_row_blocks_split_big_experts_into_accumulating_pieces():
+    from moebench.moe.fused_ffn import row_blocks
+    # expert 0: 10 rows -> pieces of 3, 3, 4 rows (max 4); expert 1's 2 rows: the last block
+    blocks = row_blocks((10, 2), min_rows=4, max_rows=4)
+    assert blocks == [(0, 6, ((0, 0, 3, False), (0, 3, 6, True))),
+                      (6, 10, ((0, 0, 4, True),)), (10, 12, ((1, 0, 2, False),))]
+
+
+def test_equal_runs_merge_consecutive_equal_experts_only():
+    from moebench.moe.grouped import equal_runs
+    members = [(0, 0, 3), (1, 3, 6), (2, 6, 9), (4, 9, 12), (5, 12, 14), (6, 14, 16, True)]
+    assert equal_runs(members) == [(0, 3, 0, 3, False), (4, 1, 9, 3, False),
+                                   (5, 1, 12, 2, False), (6, 1, 14, 2, True)]
+
+
+@pytest.mark.parametrize("counts", [(6, 6, 6, 6, 0, 6), (30, 4, 0, 9)])
+@pytest.mark.parametrize("max_rows", [4, 10**6])
+def test_fused_ffn_bmm_runs_and_pieces_match_per_expert_reference(monkeypatch, counts, max_rows):
+    """Equal-sized experts (one bmm per run) and experts split into row pieces (weight
+    gradients accumulated over pieces) give the per-expert F.linear results and gradients."""
+    import moebench.moe.fused_ffn as fused
+    monkeypatch.setattr(fused, "MAX_PIECE_ROWS", max_rows)
+    monkeypatch.setattr(fused, "MIN_BLOCK_ROWS", 7)
+    torch.manual_seed(5)
+    E, D, H = len(counts), 5, 7
+    params = [torch.randn(E, H, D), torch.randn(E, H), torch.randn(E, D, H), torch.randn(E, D)]
+    params = [p.requires_grad_() for p in params]
+    x = torch.randn(sum(counts), D, requires_grad=True)
+    y = fused.fused_ffn(x, list(counts), *params, "gelu")
+    ref = torch.cat([torch.nn.functional.linear(
+        torch.nn.functional.gelu(torch.nn.functional.linear(xe, params[0][e], params[1][e])),
+        params[2][e], params[3][e]) for e, xe in enumerate(torch.split(x, list(counts)))])
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, *params], g)
+    want = torch.autograd.grad(ref, [x, *params], g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("min_rows", [1, 7, 10**6])

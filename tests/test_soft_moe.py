@@ -157,7 +157,7 @@ def test_batched_and_wrapper_experts_compute_the_same_function() -> None:
     # fresh experts follow timm's ViT init (trunc normal .02, zero bias), not nn.Linear's
     fc1 = fast.blocks[2].mlp.experts.fc1_weight.detach()
     assert float(fc1.std()) == pytest.approx(0.02, rel=0.2)
-    assert float(slow.blocks[2].mlp.experts[0].fc1.bias.abs().sum()) == 0.0
+    assert float(slow.blocks[2].mlp.experts[0].fc1.bias.detach().abs().sum()) == 0.0
 
 
 @pytest.mark.parametrize("impl", ["batched", "wrapper"])

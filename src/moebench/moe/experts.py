@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moebench.moe.fused_ffn import act_kind, fused_ffn
+from moebench.moe.grad_cache import GradBufferCache
 from moebench.moe.grouped import gather_linear, linear_scatter
 
 
@@ -63,7 +64,14 @@ class BatchedExperts(nn.Module):
         self.drop = nn.Dropout(drop)
         self.norms = nn.ModuleList([norm_layer(H, **dd) for _ in range(E)]) \
             if norm_layer is not None else None
+        self.grad_cache = GradBufferCache()   # CPU weight-gradient buffers, see grad_cache.py
         self.reset_parameters()
+
+    def train(self, mode: bool = True) -> "BatchedExperts":
+        """As ``nn.Module.train``; switching to eval releases the cached gradient buffers."""
+        if not mode:
+            self.grad_cache.clear()
+        return super().train(mode)
 
     def reset_parameters(self) -> None:
         """nn.Linear's default init, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -121,13 +129,16 @@ class BatchedExperts(nn.Module):
             cast = (lambda t: t if t is None or dtype is None else t.to(dtype))  # noqa: E731
             w1, b1, w2, b2 = map(cast, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias))
             x, weight = cast(x), cast(weight)
+            # CPU has no caching allocator: reuse weight-gradient buffers (grad_cache.py)
+            cache = self.grad_cache if dev == "cpu" else None
             with torch.autocast(dev, enabled=False):
                 if kind is not None:
                     return fused_ffn(x, counts, w1, b1, w2, b2, kind, self.drop.p, self.training,
-                                     index=index, slot=slot, weight=weight)
-                h = gather_linear(x, counts, w1, b1, index=index, slot=slot)
+                                     index=index, slot=slot, weight=weight, cache=cache)
+                h = gather_linear(x, counts, w1, b1, index=index, slot=slot, cache=cache)
                 a = self.drop(self.act(h))
-                return linear_scatter(a, counts, w2, b2, weight=weight, index=index, slot=slot)
+                return linear_scatter(a, counts, w2, b2, weight=weight, index=index, slot=slot,
+                                      cache=cache)
         xs = x if index is None else x.index_select(0, index)
         ys = self.forward_grouped(xs, counts)
         if weight is not None:

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moebench.moe.grouped import gather_sum, linear_block_backward, padded_buffer, segments
+from moebench.moe.grad_cache import GradBufferCache, grad_buffer
+from moebench.moe.grouped import (gather_sum, linear_block, linear_block_backward, padded_buffer,
+                                  segments)
 
 _FN_KINDS = {F.gelu: "gelu", F.relu: "relu", F.silu: "silu", torch.relu: "relu"}
 
@@ -50,60 +52,58 @@ def _act_backward(grad: Tensor, h: Tensor, kind: str) -> Tensor:
 
 
 MIN_BLOCK_ROWS = 1024  # consecutive small experts are grouped into blocks of >= this many rows
+MAX_PIECE_ROWS = 2048  # a bigger expert is split into row pieces of at most this many rows
 
 
-def row_blocks(counts: tuple[int, ...], min_rows: Optional[int] = None) -> list[tuple]:
+def row_blocks(counts: tuple[int, ...], min_rows: Optional[int] = None,
+               max_rows: Optional[int] = None) -> list[tuple]:
     """Group consecutive non-empty experts into row blocks of >= ``min_rows`` rows:
-    [(start, end, ((expert, block_start, block_end), ...))] with member offsets relative
-    to the block start. One GEMM per expert; elementwise ops once per block."""
+    [(start, end, ((expert, block_start, block_end, accumulate), ...))] with member offsets
+    relative to the block start. An expert with more than ``max_rows`` rows is split into
+    near-equal pieces (``accumulate`` True on all but its first: its weight gradient adds
+    to the first's), so every block's temporaries stay small (cache-friendly, and below
+    the allocator's mmap threshold). One GEMM per member; elementwise ops once per block."""
     min_rows = MIN_BLOCK_ROWS if min_rows is None else min_rows
+    max_rows = MAX_PIECE_ROWS if max_rows is None else max_rows
     blocks, members, b0 = [], [], 0
     for e, s, t in segments(counts):
-        if not members:
-            b0 = s
-        members.append((e, s - b0, t - b0))
-        if t - b0 >= min_rows:
-            blocks.append((b0, t, tuple(members)))
-            members = []
+        pieces = -(-(t - s) // max_rows)
+        bounds = [s + (t - s) * i // pieces for i in range(pieces + 1)]
+        for i in range(pieces):
+            if not members:
+                b0 = bounds[i]
+            members.append((e, bounds[i] - b0, bounds[i + 1] - b0, i > 0))
+            if bounds[i + 1] - b0 >= min_rows:
+                blocks.append((b0, bounds[i + 1], tuple(members)))
+                members = []
     if members:
         blocks.append((b0, b0 + members[-1][2], tuple(members)))
     return blocks
 
 
-def _linear_block(x: Tensor, members, w: Tensor, b: Optional[Tensor]) -> Tensor:
-    """Block rows x [n, I] -> [n, O]; member e's rows use w[e], b[e]."""
-    out = x.new_empty(x.shape[0], w.shape[1])
-    for e, s, t in members:
-        if b is None:
-            torch.mm(x[s:t], w[e].t(), out=out[s:t])
-        else:
-            torch.addmm(b[e], x[s:t], w[e].t(), out=out[s:t])
-    return out
-
-
 class _FusedFFN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, index, slot, weight, counts, w1, b1, w2, b2, kind, p, training):
+    def forward(ctx, x, index, slot, weight, counts, w1, b1, w2, b2, kind, p, training, cache):
         combine = slot is not None
         out = padded_buffer(sum(counts), w2.shape[1], x, pad=combine)
         blocks = row_blocks(counts)
         saved = []
         for s, t, members in blocks:
             xs = x[s:t] if index is None else x.index_select(0, index[s:t])
-            h = _linear_block(xs, members, w1, b1)
+            h = linear_block(xs, members, w1, b1)
             a = _act(h, kind)
             mask = None
             if training and p > 0:
                 mask = torch.empty_like(a, dtype=torch.bool).bernoulli_(1.0 - p)
                 a.mul_(mask).div_(1.0 - p)
-            y = _linear_block(a, members, w2, b2)
+            y = linear_block(a, members, w2, b2)
             if weight is None:
                 out[s:t].copy_(y)
             else:
                 torch.mul(y, weight[s:t].unsqueeze(1), out=out[s:t])
             saved.append((h, a, mask, y if weight is not None else None))
         ctx.save_for_backward(x, index, slot, weight, w1, b1, w2, b2)
-        ctx.blocks, ctx.saved, ctx.meta = blocks, saved, (counts, kind, p)
+        ctx.blocks, ctx.saved, ctx.meta, ctx.cache = blocks, saved, (counts, kind, p), cache
         return gather_sum(out, slot) if combine else out
 
     @staticmethod
@@ -111,7 +111,8 @@ class _FusedFFN(torch.autograd.Function):
         x, index, slot, weight, w1, b1, w2, b2 = ctx.saved_tensors
         counts, kind, p = ctx.meta
         need_x, need_wt = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
-        gw1, gb1, gw2, gb2 = _grad_buffers((w1, b1, w2, b2), ctx.needs_input_grad[5:9], counts)
+        gw1, gb1, gw2, gb2 = _grad_buffers((w1, b1, w2, b2), ctx.needs_input_grad[5:9], counts,
+                                            ctx.cache)
         gxs = padded_buffer(sum(counts), x.shape[1], x, pad=index is not None) if need_x else None
         gweight = torch.empty_like(weight) if (need_wt and weight is not None) else None
         gout = gout.contiguous()
@@ -130,13 +131,16 @@ class _FusedFFN(torch.autograd.Function):
             linear_block_backward(gh, xs, members, w1, gw1, gb1,
                                    None if gxs is None else gxs[s:t])
         gx = gxs if gxs is None or index is None else gather_sum(gxs, slot)
-        return gx, None, None, gweight, None, gw1, gb1, gw2, gb2, None, None, None
+        return gx, None, None, gweight, None, gw1, gb1, gw2, gb2, None, None, None, None
 
 
-def _grad_buffers(params, needed, counts) -> list[Optional[Tensor]]:
-    """Uninitialised per-expert gradient buffers (zeroed only for experts with no rows)."""
-    grads = [torch.empty_like(t) if (t is not None and need) else None
-             for t, need in zip(params, needed)]
+def _grad_buffers(params, needed, counts, cache: Optional[GradBufferCache] = None
+                  ) -> list[Optional[Tensor]]:
+    """Uninitialised per-expert gradient buffers (zeroed only for experts with no rows),
+    from ``cache`` when given (see ``grad_cache.py``)."""
+    names = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
+    grads = [grad_buffer(cache, name, t) if (t is not None and need) else None
+             for name, t, need in zip(names, params, needed)]
     for e, n in enumerate(counts):
         if n == 0:
             for g in grads:
@@ -148,16 +152,18 @@ def _grad_buffers(params, needed, counts) -> list[Optional[Tensor]]:
 def fused_ffn(x: Tensor, counts: list[int], w1: Tensor, b1: Optional[Tensor], w2: Tensor,
               b2: Optional[Tensor], kind: str, p: float = 0.0, training: bool = False,
               index: Optional[Tensor] = None, slot: Optional[Tensor] = None,
-              weight: Optional[Tensor] = None) -> Tensor:
+              weight: Optional[Tensor] = None,
+              cache: Optional[GradBufferCache] = None) -> Tensor:
     """Expert FFNs on grouped rows with fused gather/combine.
 
     x [T, D]; index [N] source token per grouped row and slot [T, k] its inverse (row of
     choice (t, r), N if none) — both or neither (then x is the grouped [N, D] input);
     counts rows per expert; weight [N] | None; w1 [E, H, D], b1 [E, H], w2 [E, O, H],
     b2 [E, O]; ``kind`` from :func:`act_kind`; dropout ``p`` after the activation when
-    ``training``. Returns [T, O] = Σ_r weight * expert(x_t) (or [N, O] without index).
+    ``training``; ``cache`` reuses the weight-gradient buffers across steps. Returns
+    [T, O] = Σ_r weight * expert(x_t) (or [N, O] without index).
     """
     if (index is None) != (slot is None):
         raise ValueError("fused_ffn needs both index and slot, or neither")
     return _FusedFFN.apply(x, index, slot, weight, tuple(counts), w1, b1, w2, b2, kind,
-                           float(p), bool(training))
+                           float(p), bool(training), cache)

@@ -115,6 +115,12 @@ class MoELayer(nn.Module):
             self._record(mass.double(), 0, b * m, b * m)
         return y
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out the last forward's aux losses (graph tensors)."""
+        state = self.__dict__.copy()
+        state["aux_losses"] = {}
+        return state
+
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
     def load_dense_mlp(self, mlp: nn.Module) -> None:

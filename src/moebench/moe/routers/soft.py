@@ -58,9 +58,10 @@ class SoftRouter(Router):
         if x.dim() != 3:
             raise ValueError(f"soft router needs x [B, m, D], got {tuple(x.shape)}")
         xf, phi = x.float(), self.phi.float()
-        if self.normalize:
-            xf = _l2_normalize(xf, dim=-1)
-            phi = self.scale.float() * _l2_normalize(phi, dim=0)
-        logits = xf @ phi
+        if not self.normalize:
+            logits = xf @ phi
+        else:   # l2_normalize(x) @ Φ' == (x @ Φ') / (|x| + eps): scale the [B, m, S] logits
+            phi = self.scale.float() * _l2_normalize(phi, dim=0)   # rather than the [B, m, D] x
+            logits = (xf @ phi) / (xf.norm(dim=-1, keepdim=True) + _EPS)
         return SoftRouterResult(dispatch=F.softmax(logits, dim=1),
                                 combine=F.softmax(logits, dim=2), logits=logits)
