@@ -206,7 +206,7 @@ def test_fused_ffn_bmm_runs_and_pieces_match_per_expert_reference(monkeypatch, c
     """Equal-sized experts (one bmm per run) and experts split into row pieces (weight
     gradients accumulated over pieces) give the per-expert F.linear results and gradients."""
     import moebench.moe.fused_ffn as fused
-    monkeypatch.setattr(fused, "MAX_PIECE_ROWS", max_rows)
+    monkeypatch.setattr(fused, "max_piece_rows", lambda hidden, size: max_rows)
     monkeypatch.setattr(fused, "MIN_BLOCK_ROWS", 7)
     torch.manual_seed(5)
     E, D, H = len(counts), 5, 7
