@@ -187,3 +187,24 @@ def test_soft_scale_is_learnable_and_in_logits_only():
     layer(x).sum().backward()
     assert layer.router.scale.grad is not None and layer.router.phi.grad is not None
     assert math.isclose(float(layer.router.scale.detach()), 1.0)
+
+
+def test_soft_router_row_normalized_logits_gradcheck():
+    """The hand-written backward of the normalised logits passes a double-precision
+    gradcheck, and equals autograd's on the reference formula, including an all-zero token
+    (where the norm's gradient is taken as 0, as torch does)."""
+    from moebench.moe.routers.soft import _RowNormalizedLogits
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    phi = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_RowNormalizedLogits.apply, (x, phi))
+    x0 = x.detach().clone()
+    x0[2] = 0.0
+    x0.requires_grad_()
+    g = torch.randn(6, 4, dtype=torch.float64)
+    got = torch.autograd.grad(_RowNormalizedLogits.apply(x0, phi), [x0, phi], g)
+    want_y = (x0 / (x0.norm(dim=1, keepdim=True) + 1e-6)) @ phi
+    want = torch.autograd.grad(want_y, [x0, phi], g)
+    torch.testing.assert_close(_RowNormalizedLogits.apply(x0, phi), want_y)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)

@@ -15,6 +15,34 @@ def _l2_normalize(x: Tensor, dim: int) -> Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + _EPS)
 
 
+class _RowNormalizedLogits(torch.autograd.Function):
+    """logits = (x @ phi) / (|x| + eps) for rows x [N, D], phi [D, S], with a hand-written
+    backward: one [N, S] pass for the row scale and one fused [N, D] pass for the norm,
+    instead of autograd's division and norm backward chains over both tensors."""
+
+    @staticmethod
+    def forward(ctx, x, phi):
+        norm = x.norm(dim=1)
+        inv = 1.0 / (norm + _EPS)
+        logits = torch.mm(x, phi).mul_(inv.unsqueeze(1))
+        ctx.save_for_backward(x, phi, norm, inv, logits)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, phi, norm, inv, logits = ctx.saved_tensors
+        g_mm = grad * inv.unsqueeze(1)                         # d/d(x @ phi)
+        gx = gphi = None
+        if ctx.needs_input_grad[0]:
+            # d/d|x| of mm * inv = -(grad . logits) * inv; d|x|/dx = x / |x| (0 at x = 0)
+            g_norm = -(grad * logits).sum(1) * inv
+            coef = torch.where(norm > 0, g_norm / norm, torch.zeros_like(norm))
+            gx = torch.mm(g_mm, phi.t()).addcmul_(x, coef.unsqueeze(1))
+        if ctx.needs_input_grad[1]:
+            gphi = torch.mm(x.t(), g_mm)
+        return gx, gphi
+
+
 @ROUTERS.register("soft")
 class SoftRouter(Router):
     """Per sequence X [m, D]: logits = X Φ with Φ [D, S], S = E * slots_per_expert.
@@ -62,6 +90,7 @@ class SoftRouter(Router):
             logits = xf @ phi
         else:   # l2_normalize(x) @ Φ' == (x @ Φ') / (|x| + eps): scale the [B, m, S] logits
             phi = self.scale.float() * _l2_normalize(phi, dim=0)   # rather than the [B, m, D] x
-            logits = (xf @ phi) / (xf.norm(dim=-1, keepdim=True) + _EPS)
+            b, m, d = xf.shape
+            logits = _RowNormalizedLogits.apply(xf.reshape(b * m, d), phi).view(b, m, -1)
         return SoftRouterResult(dispatch=F.softmax(logits, dim=1),
                                 combine=F.softmax(logits, dim=2), logits=logits)
