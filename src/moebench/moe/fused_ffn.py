@@ -129,7 +129,8 @@ class _FusedFFN(torch.autograd.Function):
             if weight is not None:
                 if gweight is not None:
                     torch.sum(gy * y, dim=1, out=gweight[s:t])
-                gy = gy * weight[s:t].unsqueeze(1)
+                w = weight[s:t].unsqueeze(1)
+                gy = gy * w if index is None else gy.mul_(w)   # a gathered gy is our own
             ga = gy.new_empty(t - s, w2.shape[2])
             linear_block_backward(gy, a, members, w2, gw2, gb2, ga)
             if mask is not None:
