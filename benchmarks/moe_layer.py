@@ -38,7 +38,6 @@ from timm.layers import Mlp
 
 from moebench.io import atomic_write_json
 from moebench.moe import MoELayer
-from moebench.moe.dispatch import plan_dispatch
 from moebench.moe.grouped import linear_block, linear_block_backward, segments
 from moebench.moe.reference import naive_moe_forward, naive_soft_forward
 
@@ -163,17 +162,6 @@ def _soft_floor(mlp: Mlp, x: torch.Tensor, n_slots: int) -> tuple[Callable, list
     return fn, [disp, comb]
 
 
-def expert_counts(case: dict, layer: MoELayer, x: torch.Tensor) -> list[int]:
-    """Rows each expert runs in one forward (after capacity)."""
-    if case["router"] == "soft":
-        return [B * case["slots"]] * case["E"]
-    with torch.no_grad():
-        res = layer.router(x.reshape(-1, D))
-        cf = 0.0 if layer.router.dropless else layer.capacity_factor
-        return plan_dispatch(res.indices, res.valid, res.priority, layer.num_experts, cf,
-                             layer.batch_prioritized).counts
-
-
 def _gemms_only(layer: MoELayer, counts: list[int]) -> Callable[[], None]:
     """The expert FFN's six GEMMs on grouped rows, all outputs preallocated."""
     members = list(segments(tuple(counts)))
@@ -206,23 +194,21 @@ def make_layer(case: dict, device, dtype) -> MoELayer:
                     router_kwargs=kwargs, device=device, dtype=dtype).train()
 
 
-def effective_rows(case: dict, layer: MoELayer, x: torch.Tensor) -> tuple[float, float]:
-    """(rows of the dense_k FLOP floor, rows the experts actually ran)."""
-    tokens = B * M
+def routed_rows(case: dict, layer: MoELayer, x: torch.Tensor) -> tuple[float, list[int]]:
+    """(rows of the dense_k FLOP floor: the router's choices before capacity, rows each
+    expert actually runs after capacity), from one routing of x."""
     if case["router"] == "soft":
-        return float(B * case["E"] * case["slots"]), float(B * case["E"] * case["slots"])
+        return float(B * case["E"] * case["slots"]), [B * case["slots"]] * case["E"]
     with torch.no_grad():
-        layer(x)
-    stats = layer.routing_stats(reset=True)
-    floor = stats["mean_k"] * tokens
-    return floor, floor * (1.0 - stats["dropped"])
+        _, plan = layer.route(x.reshape(-1, D))
+    return float(plan.num_choices), plan.counts
 
 
 def run_case(case: dict, args, device, dtype, peak: float) -> dict:
     layer = make_layer(case, device, dtype)
     mlp = Mlp(D, H, device=device, dtype=dtype)
     x = torch.randn(B, M, D, device=device, dtype=dtype, requires_grad=True)
-    floor_rows, routed_rows = effective_rows(case, layer, x)
+    floor_rows, counts = routed_rows(case, layer, x)
     xk = torch.randn(int(round(floor_rows)), D, device=device, dtype=dtype, requires_grad=True)
     naive = naive_soft_forward if case["router"] == "soft" else naive_moe_forward
     fns = {"ours": lambda: layer(x), "dense": lambda: mlp(x), "dense_k": lambda: mlp(xk)}
@@ -231,7 +217,7 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
         fns["dense_k"], extra = _soft_floor(mlp, x, case["E"] * case["slots"])
     if not args.no_naive:
         fns["naive"] = lambda: naive(layer, x)
-    fns["gemms"] = _gemms_only(layer, expert_counts(case, layer, x))
+    fns["gemms"] = _gemms_only(layer, counts)
     params = [x, xk, *extra, *layer.parameters(), *mlp.parameters()]
     ms = time_round_robin(fns, params, args.iters, args.warmup, device)
     # gradient buffers the layer reuses across steps (grad_cache.py) are allocated before
@@ -239,7 +225,7 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
     mem_ours = (peak_memory(fns["ours"], params, device) + layer.experts.grad_cache.nbytes()
                 - _param_bytes(layer))
     mem_dense_k = peak_memory(fns["dense_k"], params, device) - _param_bytes(mlp)
-    flops = 12.0 * routed_rows * D * H
+    flops = 12.0 * sum(counts) * D * H
     if case["router"] == "soft":
         flops += 6 * 2.0 * B * M * case["E"] * case["slots"] * D   # dispatch + combine bmm
     row = {"case": case["name"], "kind": case["kind"], "k_eff": floor_rows / (B * M),

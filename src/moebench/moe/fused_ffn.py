@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moebench.moe.grad_cache import GradBufferCache, grad_buffer
-from moebench.moe.grouped import (gather_sum, linear_block, linear_block_backward, padded_buffer,
-                                  segments)
+from moebench.moe.grad_cache import GradBufferCache
+from moebench.moe.grouped import (expert_grad_buffers, gather_sum, linear_block,
+                                  linear_block_backward, padded_buffer, segments)
 
 _FN_KINDS = {F.gelu: "gelu", F.relu: "relu", F.silu: "silu", torch.relu: "relu"}
 
@@ -119,8 +119,9 @@ class _FusedFFN(torch.autograd.Function):
         x, index, slot, weight, w1, b1, w2, b2 = ctx.saved_tensors
         counts, kind, p = ctx.meta
         need_x, need_wt = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
-        gw1, gb1, gw2, gb2 = _grad_buffers((w1, b1, w2, b2), ctx.needs_input_grad[5:9], counts,
-                                            ctx.cache)
+        named = zip(("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), (w1, b1, w2, b2))
+        gw1, gb1, gw2, gb2 = expert_grad_buffers(tuple(named), ctx.needs_input_grad[5:9],
+                                                 counts, ctx.cache)
         gxs = padded_buffer(sum(counts), x.shape[1], x, pad=index is not None) if need_x else None
         gweight = torch.empty_like(weight) if (need_wt and weight is not None) else None
         gout = gout.contiguous()
@@ -141,21 +142,6 @@ class _FusedFFN(torch.autograd.Function):
                                    None if gxs is None else gxs[s:t])
         gx = gxs if gxs is None or index is None else gather_sum(gxs, slot)
         return gx, None, None, gweight, None, gw1, gb1, gw2, gb2, None, None, None, None
-
-
-def _grad_buffers(params, needed, counts, cache: Optional[GradBufferCache] = None
-                  ) -> list[Optional[Tensor]]:
-    """Uninitialised per-expert gradient buffers (zeroed only for experts with no rows),
-    from ``cache`` when given (see ``grad_cache.py``)."""
-    names = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias")
-    grads = [grad_buffer(cache, name, t) if (t is not None and need) else None
-             for name, t, need in zip(names, params, needed)]
-    for e, n in enumerate(counts):
-        if n == 0:
-            for g in grads:
-                if g is not None:
-                    g[e].zero_()
-    return grads
 
 
 def fused_ffn(x: Tensor, counts: list[int], w1: Tensor, b1: Optional[Tensor], w2: Tensor,

@@ -113,19 +113,29 @@ def _grouped_linear(x: Tensor, counts, w: Tensor, b: Optional[Tensor],
     return out
 
 
+def expert_grad_buffers(named_params, needed, counts,
+                        cache: Optional[GradBufferCache] = None) -> list[Optional[Tensor]]:
+    """Uninitialised gradient buffers for per-expert parameters [E, ...] given as
+    ((cache key, param | None), ...) — None where the param is None or not ``needed`` —
+    zeroed only for experts with no rows (the GEMMs write every other slice)."""
+    grads = [grad_buffer(cache, key, t) if (t is not None and need) else None
+             for (key, t), need in zip(named_params, needed)]
+    for e, n in enumerate(counts):
+        if n == 0:
+            for g in grads:
+                if g is not None:
+                    g[e].zero_()
+    return grads
+
+
 def _grouped_linear_backward(gout: Tensor, inp: Tensor, counts, w: Tensor,
                              b: Optional[Tensor], need_w: bool, need_in: bool,
                              pad: bool = False, cache: Optional[GradBufferCache] = None,
                              name: str = ""):
     """Per expert: gw[e] = gout_eᵀ inp_e, gb[e] = Σ_rows gout_e, gin_e = gout_e w[e]
     (gin gets an extra zero row when ``pad``; gw/gb come from ``cache`` when given)."""
-    gw = grad_buffer(cache, name + "_weight", w) if need_w else None
-    gb = grad_buffer(cache, name + "_bias", b) if (need_w and b is not None) else None
-    for e, n in enumerate(counts):
-        if n == 0 and gw is not None:
-            gw[e].zero_()
-            if gb is not None:
-                gb[e].zero_()
+    gw, gb = expert_grad_buffers(((name + "_weight", w), (name + "_bias", b)),
+                                 (need_w, need_w), counts, cache)
     gin = padded_buffer(gout.shape[0], w.shape[2], gout, pad) if need_in else None
     linear_block_backward(gout, inp, segments(counts), w, gw, gb, gin)
     return gw, gb, gin

@@ -7,9 +7,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from moebench.moe.dispatch import plan_dispatch
+from moebench.moe.dispatch import DispatchPlan, plan_dispatch
 from moebench.moe.experts import BatchedExperts
-from moebench.moe.routers.base import Router
+from moebench.moe.routers.base import Router, RouterResult
 from moebench.registry import ROUTERS
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,19 @@ class MoELayer(nn.Module):
             y = self._forward_soft(x)
         return self.drop(y).reshape(*x.shape[:-1], self.out_features)
 
-    def _forward_tokens(self, x: Tensor, capacity_factor: Optional[float]) -> Tensor:
-        """x [T, D] -> [T, D_out]: one sort, contiguous per-expert FFN blocks, gather combine."""
+    def route(self, x: Tensor, capacity_factor: Optional[float] = None
+              ) -> tuple[RouterResult, DispatchPlan]:
+        """Token-choice routing of x [T, D]: the router's result and the dispatch plan
+        (capacity: ``capacity_factor`` if given, else the layer's; 0 for dropless routers)."""
         res = self.router(x)
         cf = self.capacity_factor if capacity_factor is None else float(capacity_factor)
         plan = plan_dispatch(res.indices, res.valid, res.priority, self.num_experts,
                              0.0 if self.router.dropless else cf, self.batch_prioritized)
+        return res, plan
+
+    def _forward_tokens(self, x: Tensor, capacity_factor: Optional[float]) -> Tensor:
+        """x [T, D] -> [T, D_out]: one sort, contiguous per-expert FFN blocks, gather combine."""
+        res, plan = self.route(x, capacity_factor)
         w = res.weights.reshape(-1).index_select(0, plan.choice_index).to(x.dtype)
         if self.postscore:
             out = self.experts.forward_routed(x, plan.counts, index=plan.token_index,
