@@ -27,6 +27,7 @@ relative to dense_k. CPU memory comes from the profiler's allocation events.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -126,6 +127,21 @@ def time_round_robin(fns: dict, params: list, iters: int, warmup: int,
     return {name: statistics.median(v) for name, v in times.items()}
 
 
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 (kineto prints profiler_start/stop and CUDA-probe lines
+    from C++ on every CPU profile, which would bury the table)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory(fn: Callable, params: list, device: torch.device) -> float:
     """Peak bytes allocated above the starting point during one fwd+bwd."""
     grad: dict = {}
@@ -138,7 +154,7 @@ def peak_memory(fn: Callable, params: list, device: torch.device) -> float:
         sync(device)
         return float(torch.cuda.max_memory_allocated(device) - base)
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(fn, grad, params)
     deltas = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
