@@ -5,10 +5,12 @@ One process, same inputs for every variant; a ViT-S MoE layer (model_dim 384, hi
 hits every column alike), the median of ``--iters`` iterations after ``--warmup``:
   ours      MoELayer (train mode, gate noise 1.0, batch-prioritised routing)
   dense     the dense FFN on every token
-  dense_k   the dense FFN on k * T rows (mean-k for MinTau): the FLOP floor of the routed
-            expert GEMMs; for Soft-MoE the floor of its slot GEMMs: the dense FFN on the
-            B * slots rows plus the dispatch and combine bmm's (fixed softmax weights that
-            also receive gradients)
+  dense_k   the time floor of the routed expert FLOPs: the faster of the dense FFN run once
+            on k * T rows (mean-k for MinTau; JSON ``dense_kT_ms``) and k times its time on
+            the T rows (``dense`` x k; a single call on k * T rows can pay page faults for
+            its >32 MB activations that k separate calls do not); for Soft-MoE the floor of
+            its slot GEMMs: the dense FFN on the B * slots rows plus the dispatch and
+            combine bmm's (fixed softmax weights that also receive gradients)
   naive     a per-expert Python loop over boolean masks (moebench.moe.reference)
   gemms     the six expert GEMMs alone (fc1, fc2 forward; their weight and input gradients)
             on the rows each expert actually ran, into preallocated buffers: one MKL/cuBLAS
@@ -20,7 +22,7 @@ plus ratios, achieved GFLOP/s of the expert GEMMs vs a measured GEMM peak, and t
 extra memory of one fwd+bwd (activations and temporaries: the variant's own parameter
 gradients are subtracted, since E experts inherently have E x the gradient bytes; gradient
 buffers the layer keeps across steps count as allocated in the step)
-relative to dense_k. CPU memory comes from the profiler's allocation events.
+relative to the dense FFN once on k * T rows. CPU memory comes from the profiler's allocation events.
 
   python benchmarks/moe_layer.py [--quick] [--json out.json] [--device cuda --dtype bf16]
 """
@@ -227,10 +229,10 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
     floor_rows, counts = routed_rows(case, layer, x)
     xk = torch.randn(int(round(floor_rows)), D, device=device, dtype=dtype, requires_grad=True)
     naive = naive_soft_forward if case["router"] == "soft" else naive_moe_forward
-    fns = {"ours": lambda: layer(x), "dense": lambda: mlp(x), "dense_k": lambda: mlp(xk)}
+    fns = {"ours": lambda: layer(x), "dense": lambda: mlp(x), "dense_kT": lambda: mlp(xk)}
     extra = []
     if case["router"] == "soft":
-        fns["dense_k"], extra = _soft_floor(mlp, x, case["E"] * case["slots"])
+        fns["dense_kT"], extra = _soft_floor(mlp, x, case["E"] * case["slots"])
     if not args.no_naive:
         fns["naive"] = lambda: naive(layer, x)
     fns["gemms"] = _gemms_only(layer, counts)
@@ -240,11 +242,14 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
     # the measured step: count them as if allocated in it, then subtract all gradients
     mem_ours = (peak_memory(fns["ours"], params, device) + layer.experts.grad_cache.nbytes()
                 - _param_bytes(layer))
-    mem_dense_k = peak_memory(fns["dense_k"], params, device) - _param_bytes(mlp)
+    mem_dense_k = peak_memory(fns["dense_kT"], params, device) - _param_bytes(mlp)
+    k_eff = floor_rows / (B * M)
+    ms["dense_k"] = ms["dense_kT"] if case["router"] == "soft" else \
+        min(ms["dense_kT"], k_eff * ms["dense"])
     flops = 12.0 * sum(counts) * D * H
     if case["router"] == "soft":
         flops += 6 * 2.0 * B * M * case["E"] * case["slots"] * D   # dispatch + combine bmm
-    row = {"case": case["name"], "kind": case["kind"], "k_eff": floor_rows / (B * M),
+    row = {"case": case["name"], "kind": case["kind"], "k_eff": k_eff,
            **{f"{n}_ms": v for n, v in ms.items()},
            "ours_vs_dense_k": ms["ours"] / ms["dense_k"],
            "naive_vs_dense_k": ms["naive"] / ms["dense_k"] if "naive" in ms else None,

@@ -33,8 +33,11 @@ def test_quick_benchmark_writes_every_case_with_ratios(bench, tmp_path, capfd):
     assert names == ["topk E8 k1 cf1.25", "topk E8 k1 cf0", "topk E8 k2 cf1.25",
                      "topk E8 k2 cf0", "mintau E8 tau0.5", "soft E197x1"]
     for r in data["rows"]:
-        for key in ("ours_ms", "dense_ms", "dense_k_ms", "naive_ms", "gemms_ms"):
+        for key in ("ours_ms", "dense_ms", "dense_k_ms", "dense_kT_ms", "naive_ms", "gemms_ms"):
             assert r[key] > 0, (r["case"], key)
+        floor = r["dense_kT_ms"] if r["kind"] == "soft" else \
+            min(r["dense_kT_ms"], r["k_eff"] * r["dense_ms"])
+        assert r["dense_k_ms"] == pytest.approx(floor)
         assert r["ours_vs_dense_k"] == pytest.approx(r["ours_ms"] / r["dense_k_ms"])
         assert r["ours_vs_gemms"] == pytest.approx(r["ours_ms"] / r["gemms_ms"])
         assert r["meets_target"] == (r["ours_vs_dense_k"] <= r["target"])
