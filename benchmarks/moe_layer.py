@@ -22,7 +22,8 @@ plus ratios, achieved GFLOP/s of the expert GEMMs vs a measured GEMM peak, and t
 extra memory of one fwd+bwd (activations and temporaries: the variant's own parameter
 gradients are subtracted, since E experts inherently have E x the gradient bytes; gradient
 buffers the layer keeps across steps count as allocated in the step)
-relative to the dense FFN once on k * T rows. CPU memory comes from the profiler's allocation events.
+relative to the dense FFN once on k * T rows. CPU memory comes from the profiler's
+allocation events.
 
   python benchmarks/moe_layer.py [--quick] [--json out.json] [--device cuda --dtype bf16]
 """
@@ -213,7 +214,7 @@ def make_layer(case: dict, device, dtype) -> MoELayer:
 
 
 def routed_rows(case: dict, layer: MoELayer, x: torch.Tensor) -> tuple[float, list[int]]:
-    """(rows of the dense_k FLOP floor: the router's choices before capacity, rows each
+    """(rows of the one-call dense floor dense_kT: the router's choices before capacity, rows each
     expert actually runs after capacity), from one routing of x."""
     if case["router"] == "soft":
         return float(B * case["E"] * case["slots"]), [B * case["slots"]] * case["E"]
