@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from moebench.moe import small_gemm
 from moebench.moe.grad_cache import GradBufferCache, grad_buffer
 
 
@@ -45,13 +46,19 @@ def equal_runs(members) -> list[tuple[int, int, int, int, bool]]:
 
 def linear_block(x: Tensor, members, w: Tensor, b: Optional[Tensor],
                  out: Optional[Tensor] = None) -> Tensor:
-    """Rows x [n, I] -> out [n, O]; member (e, s, t, ...)'s rows use w[e], b[e]."""
+    """Rows x [n, I] -> out [n, O]; member (e, s, t, ...)'s rows use w[e], b[e]. Runs of
+    at most ``small_gemm.MAX_ROWS`` rows per expert use our kernels where usable."""
     out = x.new_empty(x.shape[0], w.shape[1]) if out is None else out
     for e, m, s, n, _ in equal_runs(members):
         t = s + m * n
         # GEMM, then the bias in place: addmm would first copy the bias into ``out`` and
         # then read it back (measured ~7% slower for 16 ViT-S experts)
-        if m == 1:
+        if small_gemm.usable(n, x, w, out):
+            ob = out[s:t].view(m, n, -1)
+            small_gemm.rows_nt(x[s:t].view(m, n, -1), w[e:e + m], ob)
+            if b is not None:
+                ob.add_(b[e:e + m].unsqueeze(1))
+        elif m == 1:
             torch.mm(x[s:t], w[e].t(), out=out[s:t])
             if b is not None:
                 out[s:t].add_(b[e])
@@ -70,6 +77,15 @@ def linear_block_backward(gout: Tensor, inp: Tensor, members, w: Tensor, gw, gb,
     to gw[e], gb[e] instead of writing them)."""
     for e, m, s, n, acc in equal_runs(members):
         t = s + m * n
+        if small_gemm.usable(n, gout, inp, w, *(g for g in (gw, gin) if g is not None)):
+            go, x = gout[s:t].view(m, n, -1), inp[s:t].view(m, n, -1)
+            if gw is not None:
+                small_gemm.grad_weight(go, x, gw[e:e + m], accumulate=acc)
+            if gb is not None:
+                gb[e].add_(go[0].sum(0)) if acc else torch.sum(go, dim=1, out=gb[e:e + m])
+            if gin is not None:
+                small_gemm.grad_input(go, w[e:e + m], gin[s:t].view(m, n, -1))
+            continue
         if m == 1:
             go, x = gout[s:t], inp[s:t]
             if gw is not None:
