@@ -290,7 +290,9 @@ def test_cosine_check_blocks_expansion() -> None:
 def test_validation_removes_unhelpful_expert_with_patience() -> None:
     alg = make(Rising, mass_patience=1, mass_expansion_end=0.2, **{**FIRE, "mass_max_experts": 8})
     alg.masked_loss = lambda x, y: -1.0          # masking the last expert never hurts
-    train(alg, range(12))
+    # 16 steps: with our small-row GEMM kernels (other fp32 rounding than MKL) the second
+    # removal comes after step 12; the sequence and the stop are the same either way
+    train(alg, range(16))
     kinds = {n: [e["kind"] for e in v] for n, v in events(alg).items()}
     for name, seq in kinds.items():
         assert seq == ["expand", "remove", "expand", "remove"], seq
