@@ -1,8 +1,10 @@
 """Benchmark of the MoE layer against dense FFN baselines (forward + backward).
 
 One process, same inputs for every variant; a ViT-S MoE layer (model_dim 384, hidden 1536,
-32 images x 197 tokens). Per case it times, round-robin (so load drift on a shared machine
-hits every column alike), the median of ``--iters`` iterations after ``--warmup``:
+32 images x 197 tokens). Per case it times the median of ``--iters`` iterations after
+``--warmup``, the variants taking turns (so load drift on a shared machine hits every
+column alike) of one untimed and ``--block`` timed steps (so each timed step follows one
+of its own, as in training; see ``time_round_robin``):
   ours      MoELayer (train mode, gate noise 1.0, batch-prioritised routing)
   dense     the dense FFN on every token
   dense_k   the time floor of the routed expert FLOPs: the faster of the dense FFN run once
@@ -57,7 +59,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--block", type=int, default=4,
+                   help="timed steps per turn of a variant (each turn starts with an untimed one)")
     p.add_argument("--quick", action="store_true", help="E=8 only, fewer iterations")
     p.add_argument("--only", default="", help="run only cases whose name contains this")
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop column")
@@ -102,9 +106,14 @@ def gemm_peak(device: torch.device, dtype: torch.dtype) -> float:
     return best
 
 
-def step(fn: Callable[[], Optional[torch.Tensor]], grad: dict, params: list) -> None:
+def clear_grads(params: list) -> None:
     for p in params:
         p.grad = None
+
+
+def step(fn: Callable[[], Optional[torch.Tensor]], grad: dict, params: list) -> None:
+    """One fwd+bwd of fn (gradients cleared first)."""
+    clear_grads(params)
     y = fn()
     if y is None:                     # fn did its own backward work (the gemms column)
         return
@@ -114,18 +123,31 @@ def step(fn: Callable[[], Optional[torch.Tensor]], grad: dict, params: list) -> 
     y.backward(g)
 
 
-def time_round_robin(fns: dict, params: list, iters: int, warmup: int,
-                     device: torch.device) -> dict[str, float]:
-    """Median milliseconds per fwd+bwd of each fn, interleaved iteration by iteration."""
+def time_round_robin(fns: dict, params: list, iters: int, warmup: int, device: torch.device,
+                     block: int = 1) -> dict[str, float]:
+    """Median milliseconds per fwd+bwd of each fn over ``iters`` timed steps.
+
+    The fns take turns (so load drift on a shared machine hits every column alike): each
+    turn runs one untimed step, then ``block`` timed ones. Every timed step thus follows a
+    step of the same fn, as in training; otherwise each column pays for the allocator state
+    the previous column left (measured here: after the naive loop's ~430k page faults the
+    next column's step faults ~30k pages afresh, +10-25 %). ``warmup`` untimed steps per fn
+    come first. The previous step's gradients are freed before the clock starts (freeing
+    two 464 MB expert gradients is not part of a fwd+bwd)."""
     grads = {name: {} for name in fns}
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for it in range(warmup + iters):
-        for name, fn in fns.items():
-            sync(device)
-            t0 = time.perf_counter()
+    for name, fn in fns.items():
+        for _ in range(warmup):
             step(fn, grads[name], params)
-            sync(device)
-            if it >= warmup:
+    while min(len(v) for v in times.values()) < iters:
+        for name, fn in fns.items():
+            step(fn, grads[name], params)
+            for _ in range(min(block, iters - len(times[name]))):
+                clear_grads(params)
+                sync(device)
+                t0 = time.perf_counter()
+                step(fn, grads[name], params)
+                sync(device)
                 times[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(v) for name, v in times.items()}
 
@@ -238,7 +260,7 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
         fns["naive"] = lambda: naive(layer, x)
     fns["gemms"] = _gemms_only(layer, counts)
     params = [x, xk, *extra, *layer.parameters(), *mlp.parameters()]
-    ms = time_round_robin(fns, params, args.iters, args.warmup, device)
+    ms = time_round_robin(fns, params, args.iters, args.warmup, device, args.block)
     # gradient buffers the layer reuses across steps (grad_cache.py) are allocated before
     # the measured step: count them as if allocated in it, then subtract all gradients
     mem_ours = (peak_memory(fns["ours"], params, device) + layer.experts.grad_cache.nbytes()
@@ -294,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     load0 = os.getloadavg()
     peak = gemm_peak(device, dtype)
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
-          f"iters={args.iters} warmup={args.warmup} GEMM peak {peak:.1f} GFLOP/s "
+          f"iters={args.iters} warmup={args.warmup} block={args.block} GEMM peak {peak:.1f} GFLOP/s "
           f"loadavg={load0[0]:.2f}", flush=True)
     rows = []
     for case in build_cases(args.quick):
@@ -310,7 +332,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           + f"\nloadavg start {load0[0]:.2f} end {os.getloadavg()[0]:.2f}")
     if args.json:
         meta = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-                "iters": args.iters, "warmup": args.warmup, "gemm_peak_gflops": peak,
+                "iters": args.iters, "warmup": args.warmup, "block": args.block,
+                "gemm_peak_gflops": peak,
                 "torch": torch.__version__, "loadavg_start": load0[0],
                 "loadavg_end": os.getloadavg()[0], "shape": {"D": D, "H": H, "B": B, "M": M}}
         atomic_write_json(args.json, {"meta": meta, "rows": rows})

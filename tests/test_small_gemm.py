@@ -40,6 +40,20 @@ def test_rows_nt_matches_torch(m, n):
 
 
 @needs_kernels
+@pytest.mark.parametrize("m", [1, 5, 32, 33, 70])
+@pytest.mark.parametrize("n", [7, 12, 13, 40])
+@pytest.mark.parametrize("k", [3, 48, 100])
+def test_rows_nn_matches_torch(m, n, k):
+    torch.manual_seed(m * 100 + n + 7 * k)
+    a, w = torch.randn(3, m, k), torch.randn(3, k, n)
+    out = torch.full((3, m, n), float("nan"))
+    small_gemm.rows_nn(a, w, out)
+    _close(out, a.double() @ w.double())
+    small_gemm.rows_nn(a, w, out, accumulate=True)
+    _close(out, 2 * a.double() @ w.double())
+
+
+@needs_kernels
 @pytest.mark.parametrize("m", [1, 9, 32, 70])
 @pytest.mark.parametrize("o", [3, 8, 20])
 @pytest.mark.parametrize("i", [16, 32, 64, 80, 96])

@@ -90,9 +90,9 @@ def _load() -> Optional[ctypes.CDLL]:
                       RuntimeWarning, stacklevel=3)
         return None
     i, l, p = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
-    lib.mb_rows_nt.argtypes = [i, i, i, i, p, l, l, p, l, l, p, l, l, i, i]
+    lib.mb_rows.argtypes = [i, i, i, i, p, l, l, p, l, l, p, l, l, i, i, i]
     lib.mb_bcast.argtypes = [i, i, i, i, p, l, l, l, p, l, l, p, l, l, i, i, i]
-    lib.mb_rows_nt.restype = lib.mb_bcast.restype = i
+    lib.mb_rows.restype = lib.mb_bcast.restype = i
     _lib = lib
     return _lib
 
@@ -116,15 +116,23 @@ def _check(code: int, name: str) -> None:
         raise RuntimeError(f"small_gemm.{name} failed (code {code})")
 
 
+def _rows(a: Tensor, w: Tensor, out: Tensor, n: int, accumulate: bool, tw: bool) -> None:
+    e, m, k = a.shape
+    _check(_load().mb_rows(e, m, k, n, a.data_ptr(), a.stride(0), a.stride(1), w.data_ptr(),
+                           w.stride(0), w.stride(1), out.data_ptr(), out.stride(0),
+                           out.stride(1), int(accumulate), int(tw), torch.get_num_threads()),
+           "rows_nn" if tw else "rows_nt")
+
+
 def rows_nt(a: Tensor, w: Tensor, out: Tensor, accumulate: bool = False) -> None:
     """out[e] (+)= a[e] @ w[e].T for a [E, M, K], w [E, N, K], out [E, M, N] (all fp32 CPU,
     unit stride in the last dimension)."""
-    e, m, k = a.shape
-    n = w.shape[1]
-    _check(_load().mb_rows_nt(e, m, k, n, a.data_ptr(), a.stride(0), a.stride(1),
-                              w.data_ptr(), w.stride(0), w.stride(1), out.data_ptr(),
-                              out.stride(0), out.stride(1), int(accumulate),
-                              torch.get_num_threads()), "rows_nt")
+    _rows(a, w, out, w.shape[1], accumulate, tw=False)
+
+
+def rows_nn(a: Tensor, w: Tensor, out: Tensor, accumulate: bool = False) -> None:
+    """out[e] (+)= a[e] @ w[e] for a [E, M, K], w [E, K, N], out [E, M, N]."""
+    _rows(a, w, out, w.shape[2], accumulate, tw=True)
 
 
 def grad_weight(gout: Tensor, inp: Tensor, out: Tensor, accumulate: bool = False) -> None:
@@ -138,8 +146,4 @@ def grad_weight(gout: Tensor, inp: Tensor, out: Tensor, accumulate: bool = False
 
 def grad_input(gout: Tensor, w: Tensor, out: Tensor) -> None:
     """out[e] = gout[e] @ w[e] for gout [E, M, O], w [E, O, I], out [E, M, I]."""
-    e, m, o = gout.shape
-    _check(_load().mb_bcast(e, o, m, w.shape[2], gout.data_ptr(), gout.stride(0), 1,
-                            gout.stride(1), w.data_ptr(), w.stride(0), w.stride(1),
-                            out.data_ptr(), out.stride(0), out.stride(1), 0, 0,
-                            torch.get_num_threads()), "grad_input")
+    rows_nn(gout, w, out)
