@@ -316,8 +316,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     load0 = os.getloadavg()
     peak = gemm_peak(device, dtype)
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
-          f"iters={args.iters} warmup={args.warmup} block={args.block} GEMM peak {peak:.1f} GFLOP/s "
-          f"loadavg={load0[0]:.2f}", flush=True)
+          f"iters={args.iters} warmup={args.warmup} block={args.block} "
+          f"GEMM peak {peak:.1f} GFLOP/s loadavg={load0[0]:.2f}", flush=True)
     rows = []
     for case in build_cases(args.quick):
         if args.only and args.only not in case["name"]:

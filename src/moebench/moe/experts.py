@@ -127,7 +127,8 @@ class BatchedExperts(nn.Module):
             dev = x.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
             cast = (lambda t: t if t is None or dtype is None else t.to(dtype))  # noqa: E731
-            w1, b1, w2, b2 = map(cast, (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias))
+            w1, b1, w2, b2 = map(cast, (self.fc1_weight, self.fc1_bias, self.fc2_weight,
+                                        self.fc2_bias))
             x, weight = cast(x), cast(weight)
             # CPU has no caching allocator: reuse weight-gradient buffers (grad_cache.py)
             cache = self.grad_cache if dev == "cpu" else None

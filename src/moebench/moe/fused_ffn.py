@@ -3,9 +3,10 @@
 One autograd Function processes the grouped rows block by block (one expert's rows, or
 several consecutive small experts' rows, >= ``MIN_BLOCK_ROWS``), forward and backward, so
 each block stays cache-resident between its GEMMs and its activation, and backward
-temporaries are block-sized. GEMMs run per expert on its contiguous rows. Measured on CPU this is what makes a
-sorted per-expert loop as fast as (or faster than) the dense FFN on the same rows; a
-whole-tensor activation between two grouped GEMMs streams [N, H] through DRAM twice more.
+temporaries are block-sized. GEMMs run per expert on its contiguous rows. Measured on CPU
+this is what makes a sorted per-expert loop as fast as (or faster than) the dense FFN on
+the same rows; a whole-tensor activation between two grouped GEMMs streams [N, H] through
+DRAM twice more.
 Only elementwise activations with a known derivative are fused (:func:`act_kind`);
 ``grouped.py`` handles any other activation.
 """

@@ -74,7 +74,8 @@ class MoELayer(nn.Module):
             y = self._forward_tokens(x.reshape(-1, self.in_features), capacity_factor)
         else:
             if x.dim() != 3:
-                raise ValueError(f"router {self.router_name!r} needs x [B, m, D], got {tuple(x.shape)}")
+                raise ValueError(f"router {self.router_name!r} needs x [B, m, D], "
+                                 f"got {tuple(x.shape)}")
             y = self._forward_soft(x)
         return self.drop(y).reshape(*x.shape[:-1], self.out_features)
 
