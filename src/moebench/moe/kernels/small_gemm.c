@@ -14,8 +14,9 @@
  *  - bcast: C[r, c] (+)= sum_j A[j*aj + r*ar] X[j, c]   (weight gradients gout^T x with
  *    j = rows). 8 rows r x 48 columns c per tile: per j, three vector loads of X and 8
  *    broadcasts of A. Fresh weight gradients (beta = 0, 64-byte aligned) are written with
- *    non-temporal stores: they are large and read again only by the optimiser. (Input
- *    gradients ran 15-25 % slower here than on rows with tw: 4 passes over each W panel.)
+ *    non-temporal stores: they are large and read again only by the optimiser. (fc2's
+ *    input gradient ran ~20 % slower here than on rows with tw: 4 passes over each W
+ *    panel; fc1's the same within noise.)
  *
  * Work (expert, row chunk / column tile) is split evenly over nt OpenMP threads: built
  * with -fopenmp against libgomp.so.1, the library torch itself loaded, so the kernels run
