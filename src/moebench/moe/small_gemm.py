@@ -91,7 +91,7 @@ def _load() -> Optional[ctypes.CDLL]:
         return None
     i, l, p = ctypes.c_int, ctypes.c_long, ctypes.c_void_p
     lib.mb_rows.argtypes = [i, i, i, i, p, l, l, p, l, l, p, l, l, i, i, i]
-    lib.mb_bcast.argtypes = [i, i, i, i, p, l, l, l, p, l, l, p, l, l, i, i, i]
+    lib.mb_bcast.argtypes = [i, i, i, i, p, l, l, l, p, l, l, p, l, l, i, i]
     lib.mb_rows.restype = lib.mb_bcast.restype = i
     _lib = lib
     return _lib
@@ -140,7 +140,7 @@ def grad_weight(gout: Tensor, inp: Tensor, out: Tensor, accumulate: bool = False
     e, m, o = gout.shape
     _check(_load().mb_bcast(e, m, o, inp.shape[2], gout.data_ptr(), gout.stride(0),
                             gout.stride(1), 1, inp.data_ptr(), inp.stride(0), inp.stride(1),
-                            out.data_ptr(), out.stride(0), out.stride(1), int(accumulate), 1,
+                            out.data_ptr(), out.stride(0), out.stride(1), int(accumulate),
                             torch.get_num_threads()), "grad_weight")
 
 

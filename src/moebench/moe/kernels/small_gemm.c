@@ -131,7 +131,7 @@ int mb_rows(int E, int M, int K, int N, const float *A, long ae, long as, const 
 }
 
 AI void bc_tile(const int R, const int NV, int J, const float *A, long aj, long ar,
-                const float *X, long xs, float *C, long cs, int beta, int stream) {
+                const float *X, long xs, float *C, long cs, int beta) {
   __m512 acc[BC_ROWS][3];
 #pragma GCC unroll 8
   for (int r = 0; r < R; r++)
@@ -155,22 +155,22 @@ AI void bc_tile(const int R, const int NV, int J, const float *A, long aj, long 
     for (int v = 0; v < NV; v++) {
       float *c = C + r * cs + 16 * v;
       if (beta) _mm512_storeu_ps(c, _mm512_add_ps(acc[r][v], _mm512_loadu_ps(c)));
-      else if (stream && ((size_t)c & 63) == 0) _mm512_stream_ps(c, acc[r][v]);
+      else if (((size_t)c & 63) == 0) _mm512_stream_ps(c, acc[r][v]);
       else _mm512_storeu_ps(c, acc[r][v]);
     }
 }
 
 static void bc_rows(int R, int NV, int J, const float *A, long aj, long ar, const float *X,
-                    long xs, float *C, long cs, int beta, int stream) {
-#define T(n) case n: if (NV == 3) bc_tile(n, 3, J, A, aj, ar, X, xs, C, cs, beta, stream); \
-  else if (NV == 2) bc_tile(n, 2, J, A, aj, ar, X, xs, C, cs, beta, stream);      \
-  else bc_tile(n, 1, J, A, aj, ar, X, xs, C, cs, beta, stream); break;
+                    long xs, float *C, long cs, int beta) {
+#define T(n) case n: if (NV == 3) bc_tile(n, 3, J, A, aj, ar, X, xs, C, cs, beta); \
+  else if (NV == 2) bc_tile(n, 2, J, A, aj, ar, X, xs, C, cs, beta);      \
+  else bc_tile(n, 1, J, A, aj, ar, X, xs, C, cs, beta); break;
   switch (R) { T(1) T(2) T(3) T(4) T(5) T(6) T(7) T(8) }
 #undef T
 }
 
 typedef struct {
-  int E, J, R, Cn, beta, stream, t, nt;
+  int E, J, R, Cn, beta, t, nt;
   const float *A; long ae, aj, ar;
   const float *X; long xe, xs;
   float *C; long ce, cs;
@@ -187,21 +187,21 @@ static void *bc_worker(void *p) {
     int R = a->R - r0 < BC_ROWS ? a->R - r0 : BC_ROWS, nv = (a->Cn - c0) / 16;
     bc_rows(R, nv > 3 ? 3 : nv, a->J, a->A + e * a->ae + r0 * a->ar, a->aj, a->ar,
             a->X + e * a->xe + c0, a->xs, a->C + e * a->ce + (long)r0 * a->cs + c0, a->cs,
-            a->beta, a->stream);
+            a->beta);
   }
   _mm_sfence();   /* order the non-temporal stores before the caller reads C */
   return NULL;
 }
 
-/* C[e][r][c] (+)= sum_j A[e*ae + j*aj + r*ar] * X[e][j][c]; Cn a multiple of 16; stream:
- * write a fresh C with non-temporal stores (for outputs not read again soon). */
+/* C[e][r][c] (+)= sum_j A[e*ae + j*aj + r*ar] * X[e][j][c]; Cn a multiple of 16. A fresh C
+ * (beta = 0) is written with non-temporal stores: weight gradients, not read again soon. */
 int mb_bcast(int E, int J, int R, int Cn, const float *A, long ae, long aj, long ar,
-             const float *X, long xe, long xs, float *C, long ce, long cs, int beta, int stream, int nt) {
+             const float *X, long xe, long xs, float *C, long ce, long cs, int beta, int nt) {
   if (Cn % 16) return 2;
   nt = nt < 1 ? 1 : (nt > MAX_THREADS ? MAX_THREADS : nt);
 #pragma omp parallel num_threads(nt)
   {
-    bc_args args = {E, J, R, Cn, beta, stream, omp_get_thread_num(), omp_get_num_threads(),
+    bc_args args = {E, J, R, Cn, beta, omp_get_thread_num(), omp_get_num_threads(),
                     A, ae, aj, ar, X, xe, xs, C, ce, cs};
     bc_worker(&args);
   }
