@@ -27,30 +27,22 @@ def _close(got, want):
 
 
 @needs_kernels
-@pytest.mark.parametrize("m", [1, 5, 32, 33, 70])
-@pytest.mark.parametrize("n", [7, 12, 40])
-def test_rows_nt_matches_torch(m, n):
-    torch.manual_seed(m * 100 + n)
-    a, w = torch.randn(3, m, 48), torch.randn(3, n, 48)
-    out = torch.full((3, m, n), float("nan"))
-    small_gemm.rows_nt(a, w, out)
-    _close(out, a.double() @ w.double().transpose(1, 2))
-    small_gemm.rows_nt(a, w, out, accumulate=True)
-    _close(out, 2 * a.double() @ w.double().transpose(1, 2))
-
-
-@needs_kernels
+@pytest.mark.parametrize("layout", ["nt", "nn"])
 @pytest.mark.parametrize("m", [1, 5, 32, 33, 70])
 @pytest.mark.parametrize("n", [7, 12, 13, 40])
 @pytest.mark.parametrize("k", [3, 48, 100])
-def test_rows_nn_matches_torch(m, n, k):
+def test_row_kernels_match_torch(layout, m, n, k):
+    """rows_nt: a @ w.T with w [E, N, K]; rows_nn: a @ w with w [E, K, N]."""
     torch.manual_seed(m * 100 + n + 7 * k)
-    a, w = torch.randn(3, m, k), torch.randn(3, k, n)
+    a = torch.randn(3, m, k)
+    w = torch.randn(3, n, k) if layout == "nt" else torch.randn(3, k, n)
+    kernel = small_gemm.rows_nt if layout == "nt" else small_gemm.rows_nn
+    want = a.double() @ (w.double().transpose(1, 2) if layout == "nt" else w.double())
     out = torch.full((3, m, n), float("nan"))
-    small_gemm.rows_nn(a, w, out)
-    _close(out, a.double() @ w.double())
-    small_gemm.rows_nn(a, w, out, accumulate=True)
-    _close(out, 2 * a.double() @ w.double())
+    kernel(a, w, out)
+    _close(out, want)
+    kernel(a, w, out, accumulate=True)
+    _close(out, 2 * want)
 
 
 @needs_kernels
