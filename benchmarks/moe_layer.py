@@ -11,8 +11,9 @@ of its own, as in training; see ``time_round_robin``):
             on k * T rows (mean-k for MinTau; JSON ``dense_kT_ms``) and k times its time on
             the T rows (``dense`` x k; a single call on k * T rows can pay page faults for
             its >32 MB activations that k separate calls do not); for Soft-MoE the floor of
-            its slot GEMMs: the dense FFN on the B * slots rows plus the dispatch and
-            combine bmm's (fixed softmax weights that also receive gradients)
+            its slot GEMMs: the router's logits GEMM x Φ, the dispatch and combine bmm's
+            and the dense FFN on the B * slots rows, forward and backward, without the
+            softmaxes (``_soft_floor``)
   naive     a per-expert Python loop over boolean masks (moebench.moe.reference)
   gemms     the six expert GEMMs alone (fc1, fc2 forward; their weight and input gradients)
             on the rows each expert actually ran, into preallocated buffers: one MKL/cuBLAS
@@ -191,16 +192,19 @@ def peak_memory(fn: Callable, params: list, device: torch.device) -> float:
 
 
 def _soft_floor(mlp: Mlp, x: torch.Tensor, n_slots: int) -> tuple[Callable, list]:
-    """Slot-GEMM floor of Soft-MoE: bmm(Dᵀ, x) -> dense FFN -> bmm(C, ·)."""
-    shape = (x.shape[0], x.shape[1], n_slots)
-    disp = torch.softmax(torch.randn(shape, device=x.device), 1).to(x.dtype).requires_grad_()
-    comb = torch.softmax(torch.randn(shape, device=x.device), 2).to(x.dtype).requires_grad_()
+    """GEMM floor of Soft-MoE: its four products with the softmaxes and normalisation left
+    out. logits L = x Φ (the router's [B*m, D] x [D, S] GEMM), slots = Lᵀ x, the dense FFN
+    on the slot rows, y = L ys; L serves as dispatch and combine weights, so the backward
+    runs every product's two gradient GEMMs, as the layer does."""
+    b, m, d = x.shape
+    phi = (torch.randn(d, n_slots, device=x.device) * d ** -0.5).to(x.dtype).requires_grad_()
 
     def fn() -> torch.Tensor:
-        slots = torch.bmm(disp.transpose(1, 2), x)
-        ys = mlp(slots.reshape(-1, x.shape[2])).view(x.shape[0], n_slots, -1)
-        return torch.bmm(comb, ys)
-    return fn, [disp, comb]
+        logits = torch.mm(x.reshape(b * m, d), phi).view(b, m, n_slots)
+        slots = torch.bmm(logits.transpose(1, 2), x)
+        ys = mlp(slots.reshape(-1, d)).view(b, n_slots, -1)
+        return torch.bmm(logits, ys)
+    return fn, [phi]
 
 
 def _gemms_only(layer: MoELayer, counts: list[int]) -> Callable[[], None]:
@@ -271,7 +275,7 @@ def run_case(case: dict, args, device, dtype, peak: float) -> dict:
         min(ms["dense_kT"], k_eff * ms["dense"])
     flops = 12.0 * sum(counts) * D * H
     if case["router"] == "soft":
-        flops += 6 * 2.0 * B * M * case["E"] * case["slots"] * D   # dispatch + combine bmm
+        flops += 9 * 2.0 * B * M * case["E"] * case["slots"] * D   # logits, dispatch, combine
     row = {"case": case["name"], "kind": case["kind"], "k_eff": k_eff,
            **{f"{n}_ms": v for n, v in ms.items()},
            "ours_vs_dense_k": ms["ours"] / ms["dense_k"],

@@ -59,3 +59,23 @@ def test_benchmark_refuses_cuda_without_a_gpu(bench, capsys):
         pytest.skip("a GPU is present")
     assert bench.main(["--device", "cuda"]) == 2
     assert "CUDA requested but not available" in capsys.readouterr().err
+
+
+def test_soft_floor_runs_all_four_soft_moe_products(bench):
+    """The Soft-MoE floor is logits = x Φ, slots = Lᵀ x, the FFN on the slots, y = L ys
+    (softmaxes left out); its backward reaches Φ, x and the FFN through every product."""
+    import torch
+    from timm.layers import Mlp
+    torch.manual_seed(0)
+    mlp = Mlp(16, 32)
+    x = torch.randn(2, 9, 16, requires_grad=True)
+    fn, extra = bench._soft_floor(mlp, x, 5)
+    (phi,) = extra
+    assert phi.shape == (16, 5) and phi.requires_grad
+    y = fn()
+    logits = x @ phi
+    want = logits @ mlp(logits.transpose(1, 2) @ x)
+    torch.testing.assert_close(y, want)
+    y.square().sum().backward()
+    assert phi.grad is not None and phi.grad.abs().sum() > 0
+    assert x.grad is not None and mlp.fc1.weight.grad is not None
