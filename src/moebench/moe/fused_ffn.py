@@ -43,13 +43,17 @@ def _act(h: Tensor, kind: str) -> Tensor:
     return F.silu(h) if kind == "silu" else h.clone()
 
 
-def _act_backward(grad: Tensor, h: Tensor, kind: str) -> Tensor:
+def _act_backward_(grad: Tensor, h: Tensor, kind: str) -> Tensor:
+    """grad * act'(h), written over ``grad`` (a buffer of the caller's own): no fresh
+    [rows, H] block per call, whose first touch costs page faults."""
     if kind in ("gelu", "gelu_tanh"):
         approx = "tanh" if kind == "gelu_tanh" else "none"
-        return torch.ops.aten.gelu_backward(grad, h, approximate=approx)
-    if kind == "relu":
-        return torch.ops.aten.threshold_backward(grad, h, 0)
-    return torch.ops.aten.silu_backward(grad, h) if kind == "silu" else grad
+        torch.ops.aten.gelu_backward.grad_input(grad, h, approximate=approx, grad_input=grad)
+    elif kind == "relu":
+        torch.ops.aten.threshold_backward.grad_input(grad, h, 0, grad_input=grad)
+    elif kind == "silu":
+        torch.ops.aten.silu_backward.grad_input(grad, h, grad_input=grad)
+    return grad
 
 
 MIN_BLOCK_ROWS = 1024  # consecutive small experts are grouped into blocks of >= this many rows
@@ -126,6 +130,8 @@ class _FusedFFN(torch.autograd.Function):
         gxs = padded_buffer(sum(counts), x.shape[1], x, pad=index is not None) if need_x else None
         gweight = torch.empty_like(weight) if (need_wt and weight is not None) else None
         gout = gout.contiguous()
+        # one activation-gradient buffer for all blocks (each block's is dead after it)
+        ga_buf = gout.new_empty(max((t - s for s, t, _ in ctx.blocks), default=0), w2.shape[2])
         for (s, t, members), (h, a, mask, y) in zip(ctx.blocks, ctx.saved):
             gy = gout[s:t] if index is None else gout.index_select(0, index[s:t])
             if weight is not None:
@@ -133,11 +139,11 @@ class _FusedFFN(torch.autograd.Function):
                     torch.sum(gy * y, dim=1, out=gweight[s:t])
                 w = weight[s:t].unsqueeze(1)
                 gy = gy * w if index is None else gy.mul_(w)   # a gathered gy is our own
-            ga = gy.new_empty(t - s, w2.shape[2])
+            ga = ga_buf[:t - s]
             linear_block_backward(gy, a, members, w2, gw2, gb2, ga)
             if mask is not None:
                 ga.mul_(mask).div_(1.0 - p)
-            gh = _act_backward(ga, h, kind)
+            gh = _act_backward_(ga, h, kind)
             xs = x[s:t] if index is None else x.index_select(0, index[s:t])
             linear_block_backward(gh, xs, members, w1, gw1, gb1,
                                    None if gxs is None else gxs[s:t])
