@@ -3,8 +3,8 @@
 One process, same inputs for every variant; a ViT-S MoE layer (model_dim 384, hidden 1536,
 32 images x 197 tokens). Per case it times the median of ``--iters`` iterations after
 ``--warmup``, the variants taking turns (so load drift on a shared machine hits every
-column alike) of one untimed and ``--block`` timed steps (so each timed step follows one
-of its own, as in training; see ``time_round_robin``):
+column alike) of one untimed and ``--block`` (1) timed steps (so each timed step follows
+one of its own, as in training; see ``time_round_robin``):
   ours      MoELayer (train mode, gate noise 1.0, batch-prioritised routing)
   dense     the dense FFN on every token
   dense_k   the time floor of the routed expert FLOPs: the faster of the dense FFN run once
@@ -51,6 +51,9 @@ from moebench.moe.reference import naive_moe_forward, naive_soft_forward
 D, H, B, M = 384, 1536, 32, 197
 TARGETS = {"topk_cf0": 1.08, "topk_cf1.25": 1.10, "mintau": 1.10, "soft": 1.10}
 MEM_TARGET = 1.3
+# torch's CPU allocator backs blocks >= 2 MB with transparent huge pages when this is set
+# (read once, at its first allocation: set it in the environment, not here)
+THP = os.environ.get("THP_MEM_ALLOC_ENABLE")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -61,8 +64,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--block", type=int, default=4,
-                   help="timed steps per turn of a variant (each turn starts with an untimed one)")
+    p.add_argument("--block", type=int, default=1,
+                   help="timed steps per turn of a variant (each turn starts with an untimed "
+                        "one); 1 spreads bursts of host load over all columns alike")
     p.add_argument("--quick", action="store_true", help="E=8 only, fewer iterations")
     p.add_argument("--only", default="", help="run only cases whose name contains this")
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop column")
@@ -134,7 +138,10 @@ def time_round_robin(fns: dict, params: list, iters: int, warmup: int, device: t
     the previous column left (measured here: after the naive loop's ~430k page faults the
     next column's step faults ~30k pages afresh, +10-25 %). ``warmup`` untimed steps per fn
     come first. The previous step's gradients are freed before the clock starts (freeing
-    two 464 MB expert gradients is not part of a fwd+bwd)."""
+    two 464 MB expert gradients is not part of a fwd+bwd). Short turns (``block`` 1) matter
+    here: host load comes in bursts of seconds, and with four timed steps per turn a burst
+    fell on one column only (measured: the same dense FFN in three columns, ratio of
+    medians 0.99-1.14 with ``block`` 4, 0.99-1.03 with 1, four runs each)."""
     grads = {name: {} for name in fns}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for name, fn in fns.items():
@@ -321,7 +328,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     peak = gemm_peak(device, dtype)
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} "
           f"iters={args.iters} warmup={args.warmup} block={args.block} "
-          f"GEMM peak {peak:.1f} GFLOP/s loadavg={load0[0]:.2f}", flush=True)
+          f"GEMM peak {peak:.1f} GFLOP/s loadavg={load0[0]:.2f} "
+          f"THP_MEM_ALLOC_ENABLE={THP or '-'}", flush=True)
     rows = []
     for case in build_cases(args.quick):
         if args.only and args.only not in case["name"]:
@@ -338,7 +346,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         meta = {"device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
                 "iters": args.iters, "warmup": args.warmup, "block": args.block,
                 "gemm_peak_gflops": peak,
-                "torch": torch.__version__, "loadavg_start": load0[0],
+                "torch": torch.__version__, "thp_mem_alloc_enable": THP,
+                "loadavg_start": load0[0],
                 "loadavg_end": os.getloadavg()[0], "shape": {"D": D, "H": H, "B": B, "M": M}}
         atomic_write_json(args.json, {"meta": meta, "rows": rows})
     return 0
