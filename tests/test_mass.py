@@ -15,7 +15,8 @@ import torch
 from helpers_hparams import tiny_hparams
 
 from moebench.algorithms import ALGORITHMS, HparamsError
-from moebench.algorithms.mass import MASS, validation_pass
+from moebench.algorithms.mass import MASS
+from moebench.moe.mass import validation_pass
 from moebench.moe import MoELayer
 from moebench.moe.expansion import (
     DriftConfig,
@@ -61,7 +62,7 @@ def train(alg: MASS, steps: range) -> list[dict[str, float]]:
 
 
 def events(alg: MASS) -> dict[str, list[dict[str, Any]]]:
-    return {name: list(ctl.events) for name, ctl in alg.expanders.items()}
+    return {name: list(ctl.events) for name, ctl in alg.mass.expanders.items()}
 
 
 # ---------------------------------------------------------------- MinTau
@@ -242,7 +243,7 @@ def test_expansion_fires_on_rising_gradient_and_optimizer_trains_the_new_slot() 
     pre = snaps[8]
     for name, (ev,) in evs.items():
         par, ch = ev["parent"], ev["slot"]
-        assert ch == 3 and alg.expanders[name].num_active == 4
+        assert ch == 3 and alg.mass.expanders[name].num_active == 4
         fc1 = f"network.{name}.experts.fc1_weight"
         w_fc1, g_fc1 = pre[fc1]
         for suffix in ("experts.fc1_weight", "experts.fc1_bias", "experts.fc2_weight",
@@ -264,12 +265,12 @@ def test_expansion_fires_on_rising_gradient_and_optimizer_trains_the_new_slot() 
 def test_never_expands_after_the_expansion_phase() -> None:
     alg = make(Rising, start=10, **FIRE)         # drift starts when the phase (10 steps) ends
     train(alg, range(10))
-    frozen = {n: c.detector.state_dict() for n, c in alg.expanders.items()}
+    frozen = {n: c.detector.state_dict() for n, c in alg.mass.expanders.items()}
     n_before = sum(map(len, events(alg).values()))
     outs = train(alg, range(10, 30))
     assert sum(map(len, events(alg).values())) == n_before
     assert all(o["loss_aux"] == 0.0 for o in outs)
-    for name, ctl in alg.expanders.items():
+    for name, ctl in alg.mass.expanders.items():
         assert all(torch.equal(a, b) for a, b in zip(frozen[name].values(),
                                                      ctl.detector.state_dict().values()))
     longer = make(Rising, start=10, mass_expansion_end=0.3, **FIRE)
@@ -296,7 +297,7 @@ def test_validation_removes_unhelpful_expert_with_patience() -> None:
     kinds = {n: [e["kind"] for e in v] for n, v in events(alg).items()}
     for name, seq in kinds.items():
         assert seq == ["expand", "remove", "expand", "remove"], seq
-        ctl = alg.expanders[name]
+        ctl = alg.mass.expanders[name]
         assert ctl.stopped and ctl.num_active == 3 and ctl.pairs == []
 
 
@@ -351,8 +352,8 @@ def test_checkpoint_resume_mid_expansion_is_bit_identical() -> None:
     assert events(resumed) == events(whole) and any(events(whole).values())
     for a, b in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
-    for name, ctl in whole.expanders.items():
-        other = resumed.expanders[name]
+    for name, ctl in whole.mass.expanders.items():
+        other = resumed.mass.expanders[name]
         assert (ctl.pairs, ctl.patience, ctl.stopped) == \
             (other.pairs, other.patience, other.stopped)
         assert all(torch.equal(a, b) for a, b in zip(ctl.detector.state_dict().values(),

@@ -27,18 +27,16 @@ removal so far, cumulative: ``{"step", "kind", "parent", "slot", "p_value", ...}
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar, Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moebench.algorithms.base import HparamsError, Minibatches, concat_minibatches
 from moebench.algorithms.erm import ERM
 from moebench.algorithms.gmoe import GMoE, build_moe_network
-from moebench.moe import MoELayer
-from moebench.moe.expansion import DriftConfig, LayerExpander, Trigger
+from moebench.moe.expansion import DriftConfig
+from moebench.moe.mass import MassExpansion, activate_slots, validation_pass
 from moebench.registry import ALGORITHMS
 
 MASS_HPARAMS: tuple[str, ...] = (
@@ -68,25 +66,6 @@ def drift_config(hparams: Mapping[str, Any], n_steps: int) -> DriftConfig:
                                p_threshold=p, similarity_threshold=sim)
 
 
-@contextlib.contextmanager
-def validation_pass(model: nn.Module) -> Iterator[None]:
-    """For the masked re-run: no grad, RNG forked (the run's stream is untouched) and MoE
-    routing stats paused (MoELayer records only while its own ``training`` flag is set; the
-    flag is cleared on the MoELayer modules alone, so experts keep their train-mode dropout)."""
-    layers = [m for m in model.modules() if isinstance(m, MoELayer)]
-    modes = [m.training for m in layers]
-    param = next(model.parameters())
-    devices = [param.device.index or 0] if param.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        for m in layers:
-            m.training = False
-        try:
-            yield
-        finally:
-            for m, mode in zip(layers, modes):
-                m.training = mode
-
-
 @ALGORITHMS.register("mass")
 class MASS(GMoE):
     """MinTau-routed MoE ViT with MASS expansion (see the module docstring)."""
@@ -99,13 +78,11 @@ class MASS(GMoE):
         super().__init__(input_shape, num_classes, num_domains, hparams, n_steps=n_steps)
         config = drift_config(self.hparams, self.n_steps)
         patience = int(_check_range(self.hparams, "mass_patience", 0, float("inf")))
-        self.redundancy_weight = _check_range(self.hparams, "mass_redundancy_weight", 0,
-                                              float("inf"))
+        redundancy_weight = _check_range(self.hparams, "mass_redundancy_weight", 0, float("inf"))
         end = _check_range(self.hparams, "mass_expansion_end", 0.0, 1.0)
         self.expansion_steps = int(end * self.n_steps)
-        self.expanders: dict[str, LayerExpander] = {
-            name: LayerExpander(m, config, patience)
-            for name, m in self.network.named_modules() if isinstance(m, MoELayer)}
+        self.mass = MassExpansion(self.network, config, patience, redundancy_weight,
+                                  review_after=1)  # DomainBed: validate after the first expansion
         self.step = 0
 
     def build_network(self) -> nn.Module:
@@ -119,10 +96,7 @@ class MASS(GMoE):
         fixed = {"num_experts": max_e, "router": "mintau", "top_k": 1, "capacity_factor": 0.0,
                  "gate_noise": 0.0, "batch_prioritized": True}
         model = build_moe_network({**self.hparams, **fixed}, self.input_shape, self.num_classes)
-        for m in model.modules():
-            if isinstance(m, MoELayer):
-                m.router.tau = tau
-                m.router.active_mask.copy_(torch.arange(max_e) < start)
+        activate_slots(model, tau, start)
         return model
 
     def aux_loss(self) -> None:
@@ -147,73 +121,28 @@ class MASS(GMoE):
         loss.backward()
         aux = 0.0
         if self.in_expansion_phase():
-            self._expansion_step(x, y, float(loss.detach()))
-            aux = self._redundancy_backward()
+            self.mass.after_backward(self.step, float(loss.detach()),
+                                     lambda: self.masked_loss(x, y))
+            aux = self.mass.redundancy_backward()
         self.optimizer.step()
         self.step += 1
         return {"loss": float(loss.detach()) + aux, "loss_aux": aux}
-
-    def _expansion_step(self, x: Tensor, y: Tensor, loss: float) -> None:
-        """Detector update, validation of the previous expansion and at most one expansion per
-        layer (layers in model order; a later layer sees an earlier layer's expansion)."""
-        for ctl in self.expanders.values():
-            if ctl.stopped:
-                continue
-            ctl.observe()
-            trigger = ctl.check()
-            if trigger is None:
-                continue
-            if ctl.pairs and not self._review(ctl, trigger, x, y, loss):
-                continue
-            ctl.expand(trigger, self.step)
-
-    def _review(self, ctl: LayerExpander, trigger: Trigger, x: Tensor, y: Tensor,
-                loss: float) -> bool:
-        """Mask the layer's last child, re-run the batch; keep it only if the loss rises."""
-        slot = ctl.pairs[-1][1]
-        ctl.mask[slot] = False
-        try:
-            masked = self.masked_loss(x, y)
-        finally:
-            ctl.mask[slot] = True
-        return ctl.review_last(masked - loss, self.step, trigger.p_value)
 
     def masked_loss(self, x: Tensor, y: Tensor) -> float:
         """Task loss of the current (masked) network on the step's batch, no side effects."""
         with validation_pass(self.network):
             return float(self.task_loss(x, y))
 
-    def _redundancy_backward(self) -> float:
-        """Backward of the weighted redundancy penalty over all layers; returns its value."""
-        terms = [ctl.redundancy() for ctl in self.expanders.values() if ctl.pairs]
-        if not terms or self.redundancy_weight == 0:
-            return 0.0
-        total = self.redundancy_weight * torch.stack(terms).sum()
-        total.backward()
-        return float(total.detach())
-
     def routing_stats(self, reset: bool = True) -> dict[str, dict]:
         """GMoE's per-layer stats plus ``active_experts`` (int), ``expansion_stopped`` and the
         cumulative ``events`` list of each layer."""
-        stats = super().routing_stats(reset=reset)
-        for name, ctl in self.expanders.items():
-            layer_stats = stats.setdefault(name, {})
-            layer_stats["active_experts"] = ctl.num_active
-            layer_stats["expansion_stopped"] = ctl.stopped
-            layer_stats["events"] = [dict(e) for e in ctl.events]
-        return stats
+        return self.mass.add_stats(super().routing_stats(reset=reset))
 
     def extra_state(self) -> dict[str, Any]:
         """Step counter and every layer's expander state (detector, pairs, patience, events)."""
-        return {"step": self.step,
-                "layers": {name: ctl.state_dict() for name, ctl in self.expanders.items()}}
+        return {"step": self.step, **self.mass.state_dict()}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`extra_state` (missing layers are an error)."""
         self.step = int(state.get("step", 0))
-        layers = state.get("layers", {})
-        missing = sorted(set(self.expanders) - set(layers))
-        if missing:
-            raise ValueError(f"MASS checkpoint lacks expander state for layers {missing}")
-        for name, ctl in self.expanders.items():
-            ctl.load_state_dict(layers[name])
+        self.mass.load_state_dict(state)
