@@ -40,7 +40,7 @@ def test_resolution_order_defaults_dataset_algorithm_pair():
 @pytest.mark.parametrize("where, patch", [
     ("hparams.datasets.ds_a", {"datasets": {"ds_a": {"lrr": 1}}}),
     ("hparams.dataset_algorithm.ds_a.erm", {"dataset_algorithm": {"ds_a": {"erm": {"num_experts": 2}}}}),
-    ("hparams.ranges (gmoe)", {"ranges": {"gmoe": {"nope": {"uniform": [0, 1]}}}}),
+    ("hparams.ranges.gmoe", {"ranges": {"gmoe": {"nope": {"uniform": [0, 1]}}}}),
 ])
 def test_unknown_keys_are_one_line_errors(where, patch):
     section = copy.deepcopy(SECTION)
