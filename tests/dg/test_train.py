@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers_hparams import tiny_hparams
 
-from moebench.errors import DataError, RunError
+from moebench.errors import RunError
+from moebench.device import resolve_device
 from moebench.dg import train
 from moebench.dg.datasets import build_dataset, load_dataset
 from moebench.hparams import seed_hash
@@ -113,11 +114,11 @@ def test_test_env_out_of_range_is_one_line_error(digits, tmp_path):
 def test_split_and_sampling_follow_domainbed():
     idx_in, idx_out = train.split_env(10, 0.2, seed_hash(0, 1))
     assert len(idx_out) == 2 and sorted(list(idx_in) + list(idx_out)) == list(range(10))
-    assert train.resolve_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        assert train.resolve_device("auto").type == "cpu"
+        assert resolve_device("auto").type == "cpu"
         with pytest.raises(ValueError, match="CUDA is not available"):
-            train.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 def test_bf16_precision_is_part_of_the_identity_and_trains(digits, tmp_path):
