@@ -17,46 +17,16 @@ import contextlib
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from moebench.errors import ParamsError
+from moebench.supernet.search_params import LatencySpec
 
-
-@dataclass(frozen=True)
-class LatencySpec:
-    """The measurement protocol (HAT's values except ``threads``, which HAT leaves at all
-    cores)."""
-
-    src_len: int = 30
-    decode_steps: int = 30
-    beam: int = 5
-    warmup: int = 5
-    runs: int = 20
-    trim: float = 0.1
-    threads: int = 1
-    token: int = 7
-
-    @classmethod
-    def from_params(cls, d: Mapping[str, Any], where: str = "supernet.latency") -> "LatencySpec":
-        """From params (``src_len`` must be resolved to a number first)."""
-        names = list(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ParamsError(f"{where}.{unknown[0]}: unknown key; valid: {', '.join(names)}")
-        v = {**asdict(cls()), **d}
-        for key in ("src_len", "decode_steps", "beam", "runs", "threads", "token"):
-            if not isinstance(v[key], int) or isinstance(v[key], bool) or v[key] < 1:
-                raise ParamsError(f"{where}.{key}: {v[key]!r} must be a positive integer")
-        if not isinstance(v["warmup"], int) or isinstance(v["warmup"], bool) or v["warmup"] < 0:
-            raise ParamsError(f"{where}.warmup: {v['warmup']!r} must be an integer >= 0")
-        t = v["trim"]
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t < 0.5:
-            raise ParamsError(f"{where}.trim: {t!r} must be a number in [0, 0.5)")
-        return cls(**{**v, "trim": float(t)})
+__all__ = ["LatencySpec", "measure_latency", "trimmed_mean", "pinned_threads", "device_name",
+           "machine_info"]
 
 
 def trimmed_mean(values: Sequence[float], trim: float = 0.1) -> float:

@@ -14,61 +14,17 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from moebench.errors import ParamsError, RunError
+from moebench.errors import RunError
 from moebench.io import atomic_write
+from moebench.supernet.search_params import PredictorSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PredictorSpec:
-    """Predictor shape and training (HAT's values: 400 wide, 4 ReLU layers, lr 1e-5, batch
-    128, 5000 steps, lat_norm 200 ms)."""
-
-    hidden: int = 400
-    layers: int = 4
-    lr: float = 1e-5
-    batch_size: int = 128
-    steps: int = 5000
-    lat_norm: float = 200.0
-    eval_every: int = 100
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-
-    @classmethod
-    def from_params(cls, d: Mapping[str, Any], where: str = "supernet.predictor") -> "PredictorSpec":
-        """From a params mapping; one-line :class:`ParamsError` naming a bad key."""
-        fields = cls.__dataclass_fields__
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ParamsError(f"{where}.{unknown[0]}: unknown key; valid: {', '.join(fields)}")
-        values = {**asdict(cls()), **d}
-        for key in ("hidden", "layers", "batch_size", "steps", "eval_every"):
-            v = values[key]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ParamsError(f"{where}.{key}: {v!r} must be a positive integer")
-        for key in ("lr", "lat_norm"):
-            v = values[key]
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                hint = " (YAML reads 1e-5 as a string: write 1.0e-5)" if isinstance(v, str) else ""
-                raise ParamsError(f"{where}.{key}: {v!r} must be a positive number{hint}")
-        split = values["split"]
-        if (not isinstance(split, (list, tuple)) or len(split) != 3
-                or not all(isinstance(s, (int, float)) and s > 0 for s in split)
-                or abs(sum(split) - 1) > 1e-6):
-            raise ParamsError(f"{where}.split: {split!r} must be three positive fractions "
-                              f"summing to 1 (train, valid, test)")
-        if not isinstance(values["seed"], int):
-            raise ParamsError(f"{where}.seed: {values['seed']!r} must be an integer")
-        values["split"] = tuple(float(s) for s in split)
-        values["lr"], values["lat_norm"] = float(values["lr"]), float(values["lat_norm"])
-        return cls(**values)
 
 
 class LatencyMLP(nn.Module):
