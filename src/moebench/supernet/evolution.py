@@ -71,6 +71,13 @@ class EvoSpec:
         return cls(**{**v, "mutation_prob": float(p)})
 
 
+def _peak_rss_gb() -> float:
+    """Peak resident memory of the process (GiB; the records' ``mem_gb`` on CPU)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 4)
+
+
 def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -89,6 +96,7 @@ class Evaluator:
     limit: float
     fitness_cache: dict[str, float] = field(default_factory=dict)
     latency_cache: dict[str, float] = field(default_factory=dict)
+    archs: dict[str, Arch] = field(default_factory=dict)
 
     def latency(self, arch: Arch) -> float:
         key = self.space.arch_key(arch)
@@ -103,18 +111,26 @@ class Evaluator:
         key = self.space.arch_key(arch)
         if key not in self.fitness_cache:
             self.fitness_cache[key] = float(self.fitness_fn(arch))
+            self.archs[key] = self.space.canonical(arch)
         return self.fitness_cache[key]
+
+    def ranked(self) -> list[tuple[float, Arch]]:
+        """Every scored architecture as (fitness, arch), best first."""
+        return sorted(((f, self.archs[k]) for k, f in self.fitness_cache.items()),
+                      key=lambda t: t[0])
 
     @property
     def evaluations(self) -> int:
         return len(self.fitness_cache)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fitness": dict(self.fitness_cache), "latency": dict(self.latency_cache)}
+        return {"fitness": dict(self.fitness_cache), "latency": dict(self.latency_cache),
+                "archs": dict(self.archs)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.fitness_cache = dict(state["fitness"])
         self.latency_cache = dict(state["latency"])
+        self.archs = dict(state["archs"])
 
 
 @dataclass
@@ -202,8 +218,9 @@ def evolution_search(space: Space, spec: EvoSpec, ev: Evaluator, rng: np.random.
                  entry["best_latency"], ev.evaluations, len(population) - len(parents),
                  entry["tried"])
         if run is not None:
-            run.append({**(base or {}), **entry, "step": gen + 1, "loss": best[0],
-                        "step_time": time.perf_counter() - t0})
+            run.append({**(base or {}), **entry, "step": gen + 1, "epoch": gen + 1,
+                        "loss": best[0], "step_time": time.perf_counter() - t0,
+                        "mem_gb": _peak_rss_gb()})
             run.save({"rng": rng.bit_generator.state, "evaluator": ev.state_dict(),
                       "population": population, "history": history,
                       "best_fitness": best[0], "best_arch": best[1]}, gen + 1)

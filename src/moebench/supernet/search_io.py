@@ -24,6 +24,17 @@ def json_arg(text: str, what: str) -> Any:
         raise UsageError(f"{what}: not valid JSON ({exc})") from None
 
 
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """sha256 of a file's bytes, first ``length`` hex digits (a path-free identity)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
 def pick_device(name: str):
     """``auto`` = CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
     import torch

@@ -1,0 +1,86 @@
+"""The search command line on a tiny (untrained) supernet: per-limit results within their
+limits by gold latency, per-generation records, reuse when done, evolution vs random."""
+import json
+
+import pytest
+
+from helpers_supernet_search import (SPACE, latency_args, predictor_args, write_corpus,
+                                     write_supernet)
+from moebench.cli.supernet import latency as latency_cli
+from moebench.cli.supernet import predictor as predictor_cli
+from moebench.cli.supernet import search as search_cli
+from moebench.runs import read_jsonl
+from moebench.supernet.space import Space
+
+SEARCH = {"variants": ["hat"], "limits": [{"quantile": 0.5}, {"ms": 1.0e6}], "latency": "predictor",
+          "evolution": {"population": 6, "parents": 2, "mutations": 2, "crossovers": 2,
+                        "iterations": 3},
+          "fitness": {"valid_sentences": 20, "max_tokens": 256}, "gold_check": 10,
+          "compare": {"variant": "hat", "limit": {"quantile": 0.5}, "seeds": [0, 1]}, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    data, spm = write_corpus(root / "data")
+    lat = root / "lat"
+    assert latency_cli.main(latency_args(lat, data, spm)) == 0
+    assert predictor_cli.main(predictor_args(lat)) == 0
+    import sentencepiece as sp
+
+    vocab = sp.SentencePieceProcessor(model_file=str(spm)).get_piece_size()
+    return root, data, spm, lat, write_supernet(root / "hat.pt", vocab)
+
+
+def search_args(root, data, spm, lat, supernet, search=SEARCH, compare=True):
+    args = ["--variant", "hat", "--supernet", str(supernet), "--space", json.dumps(SPACE),
+            "--search", json.dumps(search), "--predictor", str(lat / "predictor.pt"),
+            "--latency-dataset", str(lat / "dataset.csv"),
+            "--latency-summary", str(lat / "summary.json"), "--data-dir", str(data),
+            "--spm-model", str(spm), "--device", "cpu", "--state-dir", str(root / "state"),
+            "--out-dir", str(root / "out")]
+    return args + (["--compare-out", str(root / "compare.json")] if compare else [])
+
+
+def test_search_writes_feasible_results_and_reuses_them(inputs):
+    root, data, spm, lat, supernet = inputs
+    summary = json.loads((lat / "summary.json").read_text())
+    assert summary["protocol"]["src_len"] == round(summary["mean_src_len"])
+    assert search_cli.main(search_args(root, data, spm, lat, supernet)) == 0
+    space = Space.from_params(SPACE)
+    for name in ("q50", "1e+06ms"):
+        res = json.loads((root / "out" / f"{name}.json").read_text())
+        space.validate(res["arch"])
+        assert res["limit"] == name and res["predicted_ms"] <= res["limit_ms"]
+        # reported within the limit exactly when its gold latency is
+        assert res["within_limit"] == (res["gold_ms"] <= res["limit_ms"])
+        checked = res["gold_checked"]
+        if not res["within_limit"]:  # every checked candidate was over the limit
+            assert all(c["gold_ms"] > res["limit_ms"] for c in checked)
+        else:
+            assert checked[-1]["rank"] == res["gold_rank"]
+            assert all(c["gold_ms"] > res["limit_ms"] for c in checked[:-1])
+        assert [g["generation"] for g in res["generations"]] == [1, 2, 3]
+        assert res["valid_loss"] >= res["search_best"]["valid_loss"]
+    assert json.loads((root / "out" / "1e+06ms.json").read_text())["within_limit"]
+    (run_dir,) = (root / "state" / "q50").iterdir()
+    records = read_jsonl(run_dir / "results.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3] and (run_dir / "done").exists()
+    for key in ("args", "hparams", "step", "epoch", "loss", "step_time", "mem_gb",
+                "moe_backend", "routing", "best_fitness", "feasible", "evaluations"):
+        assert key in records[0]
+    cmp = json.loads((root / "compare.json").read_text())
+    assert cmp["of"] == 2 and len(cmp["seeds"]) == 2
+    for row in cmp["seeds"]:
+        assert row["evolution_latency_ms"] <= cmp["limit_ms"] >= row["random_latency_ms"]
+    before = (root / "out" / "q50.json").read_text()
+    assert search_cli.main(search_args(root, data, spm, lat, supernet, compare=False)) == 0
+    assert (root / "out" / "q50.json").read_text() == before  # done: reused, not searched again
+
+
+def test_search_refuses_another_space(inputs, capsys):
+    root, data, spm, lat, supernet = inputs
+    args = search_args(root, data, spm, lat, supernet, compare=False)
+    args[args.index("--space") + 1] = json.dumps({**SPACE, "encoder_embed_dim": [16]})
+    assert search_cli.main(args) == 2
+    assert "trained on another design space" in capsys.readouterr().err
