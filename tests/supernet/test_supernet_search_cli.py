@@ -33,7 +33,7 @@ def inputs(tmp_path_factory):
 
 
 def search_args(root, data, spm, lat, supernet, search=SEARCH, compare=True):
-    args = ["--variant", "hat", "--supernet", str(supernet), "--space", json.dumps(SPACE),
+    args = ["--run", "hat-s1", "--supernet", str(supernet), "--space", json.dumps(SPACE),
             "--search", json.dumps(search), "--predictor", str(lat / "predictor.pt"),
             "--latency-dataset", str(lat / "dataset.csv"),
             "--latency-summary", str(lat / "summary.json"), "--data-dir", str(data),

@@ -35,6 +35,21 @@ def file_digest(path: str | Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+def add_supernet_args(p: argparse.ArgumentParser) -> None:
+    """``--marker`` (the training rule's marker JSON) or ``--supernet`` (a model.pt)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--marker", help="the supernet training marker JSON (names its run dir)")
+    src.add_argument("--supernet", help="a trained supernet's model.pt")
+
+
+def supernet_path(args: argparse.Namespace) -> Path:
+    """The model.pt that ``--marker`` / ``--supernet`` names."""
+    if getattr(args, "supernet", None):
+        return Path(args.supernet)
+    marker = json_arg(f"@{args.marker}", "--marker")
+    return Path(marker["run_dir"]) / "model.pt"
+
+
 def pick_device(name: str):
     """``auto`` = CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
     import torch

@@ -96,12 +96,12 @@ def search_limit(ctx: SearchContext, limit: Limit, evo: EvoSpec, seed: int, gold
              limit_ms, ctx.source)
     ev = Evaluator(ctx.space, ctx.fitness, ctx.latency_fn(), limit_ms)
     rng = np.random.default_rng(seed_hash(seed, limit.name))
-    record = {"args": {k: ident[k] for k in ("variant", "limit", "limit_ms") if k in ident},
+    record = {"args": {k: ident[k] for k in ("variant", "run", "limit", "limit_ms") if k in ident},
               "hparams": {"evolution": asdict(evo), "seed": seed}, "moe_backend": "torch",
               "routing": {}}
     res = evolution_search(ctx.space, evo, ev, rng, run=run, base=record)
     chosen = gold_check(ctx, ev, limit_ms, gold_n)
-    result = {**{k: ident[k] for k in ("variant", "limit", "limit_ms", "latency", "seed")
+    result = {**{k: ident[k] for k in ("variant", "run", "limit", "limit_ms", "latency", "seed")
                  if k in ident},
               "limit_quantile": limit.quantile, **chosen,
               "predicted_ms": ctx.predicted(chosen["arch"]),

@@ -1,7 +1,7 @@
 """HAT's evolutionary search on one trained supernet variant, for every latency limit.
 
-    python -m moebench.cli.supernet.search --variant hat \\
-        --supernet results/supernet/runs/hat/<hash>/model.pt --search JSON --space JSON \\
+    python -m moebench.cli.supernet.search --run hat-s1 \\
+        --marker results/supernet/runs/hat-s1.json --search JSON --space JSON \\
         --predictor results/supernet/latency/predictor.pt \\
         --latency-dataset results/supernet/latency/dataset.csv \\
         --latency-summary results/supernet/latency/summary.json --latency-device cpu \\
@@ -36,8 +36,8 @@ log = logging.getLogger(PROG)
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--variant", required=True)
-    p.add_argument("--supernet", required=True, help="trained supernet (model.pt)")
+    p.add_argument("--run", required=True, help="the supernet run's name (hat-s1, ...)")
+    search_io.add_supernet_args(p)
     p.add_argument("--space", required=True, help="supernet.space as JSON (checked against "
                                                    "the supernet's)")
     p.add_argument("--search", required=True, help="supernet.search as JSON (or @FILE)")
@@ -66,10 +66,11 @@ def build_context(args: argparse.Namespace, search: dict):
     from moebench.supernet.train import valid_loss
     from moebench.supernet.train_supernet import load_supernet
 
-    supernet = load_supernet(args.supernet, search_io.pick_device(args.device))
+    path = search_io.supernet_path(args)
+    supernet = load_supernet(path, search_io.pick_device(args.device))
     space = supernet.space
     if space != Space.from_params(search_io.json_arg(args.space, "--space")):
-        raise RunError(f"{args.supernet}: trained on another design space than supernet.space")
+        raise RunError(f"{path}: trained on another design space than supernet.space")
     corpus = search_io.load_corpus_args(args)
     device = next(supernet.parameters()).device
     valid = [b.to(device) for b in token_batches(valid_subset(
@@ -91,7 +92,7 @@ def build_context(args: argparse.Namespace, search: dict):
     ctx = SearchContext(space, memoised(space, fitness),
                         lambda a: float(predictor.predict(space.features(a)[None])[0]),
                         gold, latencies, search["latency"])
-    return ctx
+    return ctx, supernet.cfg.ffn
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     search = check_search(search_io.json_arg(args.search, "--search"))
-    if args.variant not in search["variants"]:
-        raise RunError(f"variant {args.variant!r} is not in supernet.search.variants")
-    ctx = build_context(args, search)
-    base = {"study": "supernet", "variant": args.variant,
-            "supernet": search_io.file_digest(args.supernet),
+    ctx, variant = build_context(args, search)
+    if variant not in search["variants"]:
+        raise RunError(f"{args.run}: variant {variant!r} is not in supernet.search.variants")
+    base = {"study": "supernet", "variant": variant, "run": args.run,
+            "supernet": search_io.file_digest(search_io.supernet_path(args)),
             "predictor": search_io.file_digest(args.predictor),
             "fitness": search["fitness"]}
     for limit in search["limits"]:
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                               search["gold_check"], Path(args.state_dir), base)
         atomic_write_json(Path(args.out_dir) / f"{limit.name}.json", result)
         log.info("%s %s: valid loss %.4f, predicted %.3f ms, gold %.3f ms (limit %.3f ms)",
-                 args.variant, limit.name, result["valid_loss"], result["predicted_ms"],
+                 args.run, limit.name, result["valid_loss"], result["predicted_ms"],
                  result["gold_ms"], result["limit_ms"])
     if args.compare_out:
         cmp = search["compare"]
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             raise RunError("--compare-out given but supernet.search.compare is not set")
         limit = next(lim for lim in search["limits"] if lim.name == cmp["limit"])
         out = compare_with_random(ctx, limit, search["evolution"], cmp["seeds"])
-        atomic_write_json(args.compare_out, {"variant": args.variant, **out})
+        atomic_write_json(args.compare_out, {"variant": variant, "run": args.run, **out})
         log.info("evolution <= random in %d of %d seeds", out["wins"], out["of"])
     log.info("%d distinct subnets scored", len(getattr(ctx.fitness, "memo", {})))
     return 0
