@@ -203,7 +203,7 @@ def check_latency(d: Any, where: str = "supernet.latency") -> dict[str, Any]:
             "dataset": {"size": size, "repeats": repeats, "seed": seed}}
 
 
-SEARCH_KEYS = ("variants", "limits", "latency", "evolution", "fitness", "gold_check",
+SEARCH_KEYS = ("variants", "task", "limits", "latency", "evolution", "fitness", "gold_check",
                "compare", "seed")
 
 
@@ -236,7 +236,10 @@ def check_search(d: Any, where: str = "supernet.search") -> dict[str, Any]:
     seed = d.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParamsError(f"{where}.seed: {seed!r} must be an integer")
-    return {"variants": list(variants), "limits": limits, "limit_names": names,
+    task = d.get("task", "")
+    if not isinstance(task, str):
+        raise ParamsError(f"{where}.task: {task!r} must be a string (e.g. wmt14.en-de)")
+    return {"variants": list(variants), "task": task, "limits": limits, "limit_names": names,
             "latency": source, "evolution": evo, "fitness": fit, "gold_check": gold_check,
             "compare": compare, "seed": seed}
 
@@ -282,6 +285,27 @@ def check_retrain(d: Any, where: str = "supernet.retrain") -> dict[str, Any]:
     return out
 
 
+def check_published(d: Any, where: str = "supernet.published") -> None:
+    """``hat``: a list of {task, hardware, points: [[latency ms, BLEU(, SacreBLEU)], ...]};
+    ``mos``: a note (its numbers were not retrieved)."""
+    d = _keys(d, where, ("hat", "mos"))
+    entries = d.get("hat", [])
+    if not isinstance(entries, list):
+        raise ParamsError(f"{where}.hat: must be a list of {{task, hardware, points}}")
+    for i, e in enumerate(entries):
+        e = _keys(e, f"{where}.hat[{i}]", ("task", "hardware", "points", "note"),
+                  ("task", "hardware", "points"))
+        pts = e["points"]
+        ok = isinstance(pts, list) and pts and all(
+            isinstance(p, list) and len(p) in (2, 3) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in p) for p in pts)
+        if not ok:
+            raise ParamsError(f"{where}.hat[{i}].points: must be a list of [latency ms, BLEU] "
+                              f"or [latency ms, BLEU, SacreBLEU]")
+    if not isinstance(d.get("mos", ""), str):
+        raise ParamsError(f"{where}.mos: must be a note (MoS's numbers were not retrieved)")
+
+
 def check_search_params(section: Mapping[str, Any]) -> dict[str, Any]:
     """Every search-side key of the ``supernet`` section (``space``, ``latency``,
     ``predictor``, ``search``, ``retrain``); the first problem is one ParamsError line."""
@@ -290,6 +314,7 @@ def check_search_params(section: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("space", "latency", "predictor", "search", "retrain"):
         if key not in section:
             raise ParamsError(f"supernet.{key}: is missing")
+    check_published(section.get("published", {}))
     return {"space": Space.from_params(section["space"]),
             "latency": check_latency(section["latency"]),
             "predictor": PredictorSpec.from_params(section["predictor"]),
