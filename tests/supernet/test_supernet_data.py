@@ -3,6 +3,7 @@ fairseq binary data and HAT's preprocessed archives, all offline (127.0.0.1)."""
 import gzip
 import hashlib
 import io
+import json
 import os
 import random
 import struct
@@ -251,6 +252,7 @@ def test_hat_preprocessed_archive_download_and_load(tmp_path, top):
         assert len(c.splits["train"]) == 6 and len(c.splits["test"]) == 2
         assert c.references["test"] == ["das Haus ist alt ."] * 2
         assert c.vocab.decode(c.splits["valid"].src[0]) == "the house is old ."
+        assert json.loads((out / "corpus.json").read_text())["sha256"] == _sha(body)
         n = len(srv.log)
         fetch_preprocessed(url, _sha(body), tmp_path / "wmt16_en_de", "en", "de")
         assert len(srv.log) == n

@@ -161,7 +161,7 @@ def fetch_preprocessed(url: str, sha256: Optional[str], out_dir: str | Path, src
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         archive = stage / "archive.tgz"
-        download(url, archive, sha256, progress=progress)
+        digest = download(url, archive, sha256, progress=progress)
         try:
             with tarfile.open(archive, "r:*") as tf:
                 tf.extractall(stage / "x", filter="data")
@@ -170,6 +170,11 @@ def fetch_preprocessed(url: str, sha256: Optional[str], out_dir: str | Path, src
         root = find_root(stage / "x", src, tgt)
         check_layout(root, src, tgt)
         root.rename(out)
+        from moebench.io import atomic_write_json
+
+        atomic_write_json(out / "corpus.json", {"corpus": "fairseq", "url": url,
+                                                "sha256": digest, "src_lang": src,
+                                                "tgt_lang": tgt})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     log.info("published %s", out)

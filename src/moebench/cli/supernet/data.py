@@ -54,13 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.url:
         raise UsageError("--url is needed for --corpus fairseq (supernet.data.fairseq.url)")
     progress = None if args.progress == "auto" else args.progress == "on"
-    out = fetch_preprocessed(args.url, args.sha256 or None, args.out, args.src_lang,
-                             args.tgt_lang, progress)
-    from moebench.io import atomic_write_json
-
-    atomic_write_json(out / "corpus.json", {"corpus": "fairseq", "url": args.url,
-                                            "sha256": args.sha256, "src_lang": args.src_lang,
-                                            "tgt_lang": args.tgt_lang})
+    fetch_preprocessed(args.url, args.sha256 or None, args.out, args.src_lang, args.tgt_lang,
+                       progress)  # writes <out>/corpus.json with the archive's sha256
     return 0
 
 
