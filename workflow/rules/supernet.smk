@@ -3,6 +3,7 @@
 # largest, smallest and a fixed set of sampled subnets -> results/supernet/tables + figure.
 # Params: config["supernet"] (params/supernet/*.yaml), checked here before any job starts.
 import shlex
+from pathlib import Path
 
 from moebench.config import check_section, load_schema
 from moebench.errors import MoebenchError
@@ -27,8 +28,10 @@ SN_EVAL = shlex.quote(SN_PARAMS.section_json(SN["eval"]))
 SN_CORPUS_ARGS = (f"--corpus-kind {SN_DATA['corpus']} --data-dir {SN_DIR}"
                   + (f" --spm-model {SN_SPM}" if SN_DING else ""))
 SN_DEVICE = SN["device"]
-STUDY_TABLES["supernet"] = "results/supernet/tables"
+STUDY_TABLES["supernet"] = ["results/supernet/tables"]  # part 2 appends its tables
 STUDY_FIGURES["supernet"] = [f"results/figures/supernet_subnets.{e}" for e in ("png", "pdf", "csv")]
+STUDY_TARGETS["data"]["supernet"] = [f"{SN_DIR}/corpus.json"] + ([SN_SPM] if SN_DING else [])
+STUDY_TARGETS["train"]["supernet"] = [f"results/supernet/runs/{r}.json" for r in SN_RUNS]
 
 localrules: supernet_all, supernet_tables
 
@@ -160,3 +163,9 @@ rule supernet_all:
     input:
         "results/supernet/tables",
         STUDY_FIGURES["supernet"],
+
+
+# part 2 of the study (latency, predictor, evolutionary search, retraining)
+if Path(workflow.basedir, "workflow/rules/supernet_search.smk").exists():
+
+    include: "supernet_search.smk"
