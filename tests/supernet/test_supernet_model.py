@@ -284,3 +284,24 @@ def test_an_architecture_outside_the_space_is_refused_with_one_line(space, chang
     assert "\n" not in str(err.value)
     with pytest.raises(ParamsError, match=message):
         export(sup, {**space.largest(), **change})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cuda_forward_export_and_decoding_match_cpu(space, variant):
+    from moebench.supernet.decode import DecodeConfig, beam_search
+
+    sup = _supernet(space, variant)
+    src, prev = _batch(4)
+    arch = _mixed_arch(space)
+    with torch.no_grad():
+        want = sup(src, prev, arch)
+        gpu = sup.to("cuda")
+        got = gpu(src.cuda(), prev.cuda(), arch)
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-4)
+        m = export(gpu, arch)
+        assert next(m.parameters()).is_cuda
+        torch.testing.assert_close(m(src.cuda(), prev.cuda()).cpu(), want, rtol=1e-4, atol=1e-4)
+    hyps = beam_search(m, src.cuda(), 2, PAD, 0, DecodeConfig(beam=4, max_len_b=4))
+    assert len(hyps) == 3
