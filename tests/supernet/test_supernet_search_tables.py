@@ -62,7 +62,7 @@ def test_renderings_exact():
 
 def test_paper_rows_hat_points_mos_not_retrieved_ours():
     published = yaml.safe_load((ROOT / "params/supernet/search.yaml").read_text())[
-        "supernet"]["published"]
+        "supernet"]["search"]["published"]
     check_published(published)
     rows = st.paper_rows(published, st.search_rows(*inputs()), "ding.en-de")
     hat = [r for r in rows if r["source"] == "HAT paper"]
@@ -147,8 +147,8 @@ def test_cli_missing_input_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("bad, message", [
     ({"hat": [{"task": "x", "hardware": "y", "points": [[1.0]]}]}, "points: must be a list"),
-    ({"hat": [{"task": "x", "points": [[1.0, 2.0]]}]}, "supernet.published.hat[0].hardware: is missing"),
-    ({"mos": [1, 2]}, "supernet.published.mos: must be a note"),
+    ({"hat": [{"task": "x", "points": [[1.0, 2.0]]}]}, "supernet.search.published.hat[0].hardware: is missing"),
+    ({"mos": [1, 2]}, "supernet.search.published.mos: must be a note"),
 ])
 def test_published_checks(bad, message):
     from moebench.errors import ParamsError

@@ -43,7 +43,7 @@ class EvoSpec:
     crossovers: int = 50
     mutation_prob: float = 0.3
     iterations: int = 30
-    max_tries: int = 100_000
+    max_tries: int = 10_000
     dedup: bool = False
 
     @classmethod
@@ -229,7 +229,7 @@ def evolution_search(space: Space, spec: EvoSpec, ev: Evaluator, rng: np.random.
 
 
 def random_search(space: Space, ev: Evaluator, evaluations: int, rng: np.random.Generator,
-                  max_tries: int = 100_000) -> SearchResult:
+                  max_tries: int = 10_000) -> SearchResult:
     """The baseline: feasible random architectures until ``evaluations`` distinct ones are
     scored; the best of them."""
     sampler = _Sampler(space, ev, max_tries, dedup=True)

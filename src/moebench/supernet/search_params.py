@@ -204,7 +204,7 @@ def check_latency(d: Any, where: str = "supernet.latency") -> dict[str, Any]:
 
 
 SEARCH_KEYS = ("variants", "task", "limits", "latency", "evolution", "fitness", "gold_check",
-               "compare", "seed")
+               "compare", "seed", "published")
 
 
 def check_search(d: Any, where: str = "supernet.search") -> dict[str, Any]:
@@ -236,6 +236,7 @@ def check_search(d: Any, where: str = "supernet.search") -> dict[str, Any]:
     seed = d.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ParamsError(f"{where}.seed: {seed!r} must be an integer")
+    check_published(d.get("published", {}), f"{where}.published")
     task = d.get("task", "")
     if not isinstance(task, str):
         raise ParamsError(f"{where}.task: {task!r} must be a string (e.g. wmt14.en-de)")
@@ -285,7 +286,7 @@ def check_retrain(d: Any, where: str = "supernet.retrain") -> dict[str, Any]:
     return out
 
 
-def check_published(d: Any, where: str = "supernet.published") -> None:
+def check_published(d: Any, where: str = "supernet.search.published") -> None:
     """``hat``: a list of {task, hardware, points: [[latency ms, BLEU(, SacreBLEU)], ...]};
     ``mos``: a note (its numbers were not retrieved)."""
     d = _keys(d, where, ("hat", "mos"))
@@ -314,7 +315,6 @@ def check_search_params(section: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("space", "latency", "predictor", "search", "retrain"):
         if key not in section:
             raise ParamsError(f"supernet.{key}: is missing")
-    check_published(section.get("published", {}))
     return {"space": Space.from_params(section["space"]),
             "latency": check_latency(section["latency"]),
             "predictor": PredictorSpec.from_params(section["predictor"]),

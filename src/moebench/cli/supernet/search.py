@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from moebench.cli.common import OneLineParser
-from moebench.errors import RunError
+from moebench.errors import RunError, UsageError
 from moebench.io import atomic_write_json
 from moebench.supernet import search_io
 from moebench.supernet.search_params import LatencySpec, check_search
@@ -49,8 +49,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="where the supernet runs (fitness)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", help="where <limit>.json go (needed unless --only-compare)")
     p.add_argument("--compare-out")
+    p.add_argument("--only-compare", action="store_true",
+                   help="run only the evolution vs random comparison")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -109,7 +111,11 @@ def run(args: argparse.Namespace) -> int:
             "supernet": search_io.file_digest(search_io.supernet_path(args)),
             "predictor": search_io.file_digest(args.predictor),
             "fitness": search["fitness"]}
-    for limit in search["limits"]:
+    if args.only_compare and not args.compare_out:
+        raise UsageError("--only-compare needs --compare-out")
+    if not args.only_compare and not args.out_dir:
+        raise UsageError("--out-dir is needed (or --only-compare)")
+    for limit in ([] if args.only_compare else search["limits"]):
         result = search_limit(ctx, limit, search["evolution"], search["seed"],
                               search["gold_check"], Path(args.state_dir), base)
         atomic_write_json(Path(args.out_dir) / f"{limit.name}.json", result)

@@ -1,0 +1,235 @@
+# The supernet study, part 2: hardware-aware search (HAT / Mixture-of-Supernets).
+#   latency dataset (random subnets timed on this machine) -> latency predictor ->
+#   evolutionary search per trained supernet x latency limit (+ evolution vs random) ->
+#   retraining (inherited | scratch), BLEU and final gold latency -> search tables + figures.
+# Included at the end of workflow/rules/supernet.smk (needs its SN, SN_RUNS, SN_CORPUS_ARGS,
+# SN_SPM, SN_DIR, SN_DEVICE, SN_DING). Params: supernet.{space, latency, predictor, search,
+# retrain} (params/supernet/search.yaml), checked here before any job starts.
+import json as _sns_json
+import shlex as _sns_shlex
+
+from moebench.errors import MoebenchError as _SNSError
+from moebench.supernet import search_params as SNS_PARAMS
+from moebench.supernet import train_params as _SNS_TP
+
+try:
+    SNS = SNS_PARAMS.check_search_params(SN)
+except (_SNSError, ValueError) as exc:
+    fail(exc)
+
+
+def _sns_q(obj):
+    return _sns_shlex.quote(_sns_json.dumps(obj, sort_keys=True, separators=(",", ":")))
+
+
+_SNS_SEARCH = SNS["search"]
+_SNS_SEED = SN["model"]["seeds"][0]
+# the searched supernets: one run per variant of supernet.search.variants (first seed, each
+# number of experts of the MoS variants)
+SNS_RUNS = [k.name for k in _SNS_TP.run_grid(SN)
+            if k.variant in _SNS_SEARCH["variants"] and k.seed == _SNS_SEED]
+if not SNS_RUNS:
+    fail(f"supernet.search.variants: {_SNS_SEARCH['variants']} has no trained supernet in "
+         f"supernet.model.variants {SN['model']['variants']} (seed {_SNS_SEED})")
+SNS_LIMITS = _SNS_SEARCH["limit_names"]
+SNS_MODES = SNS["retrain"]["modes"]
+_SNS_CMP = _SNS_SEARCH["compare"]
+SNS_COMPARE_RUN = None if _SNS_CMP is None else next(
+    (r for r in SNS_RUNS if _SNS_TP.parse_run_name(r).variant == _SNS_CMP["variant"]), None)
+SNS_LAT = "results/supernet/latency"
+SNS_TABLES = "results/supernet/search_tables"
+SNS_FIGURES = [f"results/figures/supernet_{n}.{e}" for n in ("frontier", "predictor")
+               for e in ("png", "pdf", "csv")]
+_SNS_LAT_DEVICE = SNS["latency"]["device"]
+# search params without the published numbers and the task label (editing those re-runs only
+# the tables)
+_SNS_SEARCH_ARG = _sns_q({k: v for k, v in SN["search"].items() if k not in ("published", "task")})
+_SNS_CORPUS_INPUT = [f"{SN_DIR}/corpus.json"] + ([SN_SPM] if SN_DING else [])
+
+localrules: supernet_search_tables, supernet_search_all
+
+
+rule supernet_latency_dataset:
+    input:
+        _SNS_CORPUS_INPUT,
+    output:
+        csv=f"{SNS_LAT}/dataset.csv",
+        summary=f"{SNS_LAT}/summary.json",
+    params:
+        space=_sns_q(SN["space"]),
+        latency=_sns_q(SN["latency"]),
+        work=f"{SNS_LAT}/dataset.partial.csv",  # kept across kills: measuring resumes there
+    log:
+        "results/logs/supernet/latency_dataset.log",
+    # all of the workflow's cores: no other job of this workflow runs while latency is timed
+    # (the measurement itself uses supernet.latency.measure.threads)
+    threads: workflow.cores
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        gpu=1 if _SNS_LAT_DEVICE == "cuda" else 0,
+    shell:
+        "{PY} moebench.cli.supernet.latency --space {params.space} --latency {params.latency} "
+        "{SN_CORPUS_ARGS} --work {params.work} --out {output.csv} --summary {output.summary} "
+        "> {log} 2>&1"
+
+
+rule supernet_predictor:
+    input:
+        f"{SNS_LAT}/dataset.csv",
+    output:
+        model=f"{SNS_LAT}/predictor.pt",
+        report=f"{SNS_LAT}/predictor.json",
+        predictions=f"{SNS_LAT}/predictions.csv",
+    params:
+        space=_sns_q(SN["space"]),
+        predictor=_sns_q(SN["predictor"]),
+    log:
+        "results/logs/supernet/predictor.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{PY} moebench.cli.supernet.predictor --space {params.space} "
+        "--predictor {params.predictor} --dataset {input} --model {output.model} "
+        "--report {output.report} --predictions {output.predictions} > {log} 2>&1"
+
+
+_SNS_SEARCH_INPUT = dict(
+    marker="results/supernet/runs/{run}.json",
+    predictor=f"{SNS_LAT}/predictor.pt",
+    dataset=f"{SNS_LAT}/dataset.csv",
+    summary=f"{SNS_LAT}/summary.json",
+    corpus=_SNS_CORPUS_INPUT,
+)
+_SNS_SEARCH_CMD = (
+    "{PY} moebench.cli.supernet.search --run {wildcards.run} --marker {input.marker} "
+    "--space {params.space} --search {params.search} --predictor {input.predictor} "
+    "--latency-dataset {input.dataset} --latency-summary {input.summary} "
+    f"--latency-device {_SNS_LAT_DEVICE} {SN_CORPUS_ARGS} --device {SN_DEVICE} "
+    "--threads {SN[threads]} --state-dir results/supernet/search_state/{wildcards.run} ")
+
+
+rule supernet_search:
+    input:
+        **_SNS_SEARCH_INPUT,
+    output:
+        [f"results/supernet/search/{{run}}/{lim}.json" for lim in SNS_LIMITS],
+    wildcard_constraints:
+        run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
+    params:
+        space=_sns_q(SN["space"]),
+        search=_SNS_SEARCH_ARG,
+    log:
+        "results/logs/supernet/search/{run}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0 if SN_DEVICE == "cpu" else 1,
+    shell:
+        _SNS_SEARCH_CMD + "--out-dir results/supernet/search/{wildcards.run} > {log} 2>&1"
+
+
+rule supernet_search_compare:
+    input:
+        **_SNS_SEARCH_INPUT,
+    output:
+        "results/supernet/search/compare/{run}.json",
+    wildcard_constraints:
+        run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
+    params:
+        space=_sns_q(SN["space"]),
+        search=_SNS_SEARCH_ARG,
+    log:
+        "results/logs/supernet/search/compare_{run}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0 if SN_DEVICE == "cpu" else 1,
+    shell:
+        _SNS_SEARCH_CMD + "--only-compare --compare-out {output} > {log} 2>&1"
+
+
+rule supernet_retrain:
+    input:
+        _SNS_CORPUS_INPUT,
+        marker="results/supernet/runs/{run}.json",
+        found=[f"results/supernet/search/{{run}}/{lim}.json" for lim in SNS_LIMITS],
+        summary=f"{SNS_LAT}/summary.json",
+    output:
+        "results/supernet/retrain/{run}/{mode}.json",
+    wildcard_constraints:
+        run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
+        mode="inherited|scratch",
+    params:
+        retrain=_sns_q(SN["retrain"]),
+        train=_sns_q(SN["train"]),
+        eval=_sns_q(SN["eval"]),
+        limits=",".join(SNS_LIMITS),
+        max_len=SN["data"]["max_len"],
+    log:
+        "results/logs/supernet/retrain/{run}_{mode}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=0 if SN_DEVICE == "cpu" else 1,
+    shell:
+        "{PY} moebench.cli.supernet.retrain --run {wildcards.run} --mode {wildcards.mode} "
+        "--marker {input.marker} --search-dir results/supernet/search/{wildcards.run} "
+        "--limits {params.limits} --retrain {params.retrain} --train {params.train} "
+        "--eval {params.eval} --latency-summary {input.summary} "
+        f"--latency-device {_SNS_LAT_DEVICE} {SN_CORPUS_ARGS} --max-len {{params.max_len}} "
+        "--device {SN_DEVICE} --threads {SN[threads]} "
+        "--state-dir results/supernet/retrain_runs/{wildcards.run}/{wildcards.mode} "
+        "--out {output} > {log} 2>&1"
+
+
+_SNS_COMPARE_FILE = [] if SNS_COMPARE_RUN is None else [
+    f"results/supernet/search/compare/{SNS_COMPARE_RUN}.json"]
+
+
+rule supernet_search_tables:
+    input:
+        search=expand("results/supernet/search/{run}/{limit}.json", run=SNS_RUNS,
+                      limit=SNS_LIMITS),
+        retrain=expand("results/supernet/retrain/{run}/{mode}.json", run=SNS_RUNS,
+                       mode=SNS_MODES),
+        latency=[f"{SNS_LAT}/summary.json", f"{SNS_LAT}/predictor.json",
+                 f"{SNS_LAT}/predictions.csv"],
+        compare=_SNS_COMPARE_FILE,
+    output:
+        directory(SNS_TABLES),
+        SNS_FIGURES,
+    params:
+        runs=",".join(SNS_RUNS),
+        limits=",".join(SNS_LIMITS),
+        modes=",".join(SNS_MODES),
+        published=_sns_q(SN["search"].get("published", {})),
+        task=_sns_shlex.quote(_SNS_SEARCH["task"]),
+        compare=f"--compare {_SNS_COMPARE_FILE[0]}" if _SNS_COMPARE_FILE else "",
+    log:
+        "results/logs/supernet/search_tables.log",
+    shell:
+        "{PY} moebench.cli.supernet.search_tables --runs {params.runs} "
+        "--limits {params.limits} --modes {params.modes} "
+        "--search-root results/supernet/search --retrain-root results/supernet/retrain "
+        f"--latency-dir {SNS_LAT} {{params.compare}} --published {{params.published}} "
+        "--task {params.task} --tables-dir {output[0]} --figures-dir results/figures "
+        "> {log} 2>&1"
+
+
+rule supernet_search_all:
+    input:
+        SNS_TABLES,
+        SNS_FIGURES,
+
+
+# registered for the final results/tables rule and DVC's search stage
+_sns_tables = STUDY_TABLES["supernet"]
+STUDY_TABLES["supernet"] = ([_sns_tables] if isinstance(_sns_tables, str) else list(_sns_tables)
+                            ) + [SNS_TABLES]
+STUDY_FIGURES["supernet"] = list(STUDY_FIGURES["supernet"]) + SNS_FIGURES
+STUDY_TARGETS["search"]["supernet"] = [SNS_TABLES] + SNS_FIGURES
