@@ -141,6 +141,30 @@ def bench_infer(a, space, arch) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def report(a, train: dict, infer: dict) -> list[dict]:
+    """Print the table; returns its rows."""
+    tokens = a.batch * a.tgt_len
+    targets = {"hat": 1.15, "mos_layer": 1.3, "mos_neuron": 1.3}
+    print(f"# torch {torch.__version__}, {a.threads} thread(s); d={a.embed} ffn={a.ffn} "
+          f"heads={a.heads} layers={a.layers}+{a.layers} V={a.vocab} E={a.experts}; "
+          f"{a.batch}x{a.tgt_len} target tokens per step")
+    print(f"{'training':<22}{'step ms':>9}{'tokens/s':>10}{'x floor':>9}{'target':>8}")
+    rows = []
+    for k, t in train.items():
+        ratio, tgt = t / train["floor"], targets.get(k)
+        rows.append({"what": k, "step_s": t, "tokens_per_s": tokens / t, "ratio": ratio,
+                     "target": tgt, "met": None if tgt is None else ratio <= tgt})
+        print(f"{k:<22}{t * 1e3:>9.2f}{tokens / t:>10.0f}{ratio:>9.3f}"
+              f"{'' if tgt is None else f'<= {tgt}':>8}")
+    print(f"{'inference (batch 1)':<22}{'ms':>9}{'':>10}{'x floor':>9}{'target':>8}")
+    for k, t in infer.items():
+        ratio, tgt = t / infer["floor"], (1.05 if k == "exported" else None)
+        rows.append({"what": f"infer_{k}", "seconds": t, "ratio": ratio, "target": tgt,
+                     "met": None if tgt is None else abs(ratio - 1) <= 0.05})
+        print(f"{k:<22}{t * 1e3:>9.3f}{'':>10}{ratio:>9.3f}{'' if tgt is None else '+-5%':>8}")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--embed", type=int, default=64)
@@ -165,27 +189,7 @@ def main(argv=None) -> int:
     arch = space.largest()
     train = bench_train(a, space, arch)
     infer = bench_infer(a, space, arch)
-    tokens = a.batch * a.tgt_len
-    targets = {"hat": 1.15, "mos_layer": 1.3, "mos_neuron": 1.3}
-    print(f"# torch {torch.__version__}, {a.threads} thread(s); d={a.embed} ffn={a.ffn} "
-          f"heads={a.heads} layers={a.layers}+{a.layers} V={a.vocab} E={a.experts}; "
-          f"{a.batch}x{a.tgt_len} target tokens per step")
-    print(f"{'training':<22}{'step ms':>9}{'tokens/s':>10}{'x floor':>9}{'target':>8}")
-    rows = []
-    for k, t in train.items():
-        ratio = t / train["floor"]
-        tgt = targets.get(k)
-        rows.append({"what": k, "step_s": t, "tokens_per_s": tokens / t, "ratio": ratio,
-                     "target": tgt, "met": None if tgt is None else ratio <= tgt})
-        print(f"{k:<22}{t * 1e3:>9.2f}{tokens / t:>10.0f}{ratio:>9.3f}"
-              f"{'' if tgt is None else f'<= {tgt}':>8}")
-    print(f"{'inference (batch 1)':<22}{'ms':>9}{'':>10}{'x floor':>9}{'target':>8}")
-    for k, t in infer.items():
-        ratio = t / infer["floor"]
-        tgt = 1.05 if k == "exported" else None
-        rows.append({"what": f"infer_{k}", "seconds": t, "ratio": ratio, "target": tgt,
-                     "met": None if tgt is None else abs(ratio - 1) <= 0.05})
-        print(f"{k:<22}{t * 1e3:>9.3f}{'':>10}{ratio:>9.3f}{'' if tgt is None else '+-5%':>8}")
+    rows = report(a, train, infer)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"args": vars(a), "torch": torch.__version__, "rows": rows}, fh, indent=1)

@@ -79,6 +79,15 @@ def _resume(state: RunState, model: nn.Module, opt: torch.optim.Optimizer) -> tu
     return int(ck["step"]), int(ck["epoch"]), int(ck["pos"])
 
 
+def _record(state: RunState, rec: dict, model: nn.Module, opt: torch.optim.Optimizer,
+            epoch: int, pos: int) -> None:
+    """Append the record, then checkpoint at its step (a kill in between rewrites it)."""
+    state.append(rec)
+    log.info("update %d: %s", rec["step"], {k: v for k, v in rec.items() if "loss" in k})
+    state.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": rng_state(), "epoch": epoch, "pos": pos}, rec["step"])
+
+
 def run_training(run_dir: str | Path, identity: Mapping[str, Any], model: nn.Module,
                  train: Parallel, cfg: TrainConfig, pad: int,
                  archs_for: Callable[[int], ArchList], arch_names: list[str],
@@ -122,11 +131,8 @@ def run_training(run_dir: str | Path, identity: Mapping[str, Any], model: nn.Mod
             rec = {**base_record, "step": update, "epoch": round(ep, 4),
                    "lr": lr_at(update - 1, cfg), **acc.summary(), **evaluate(),
                    "mem_gb": mem_gb(device), "wall_time": round(time.time() - start, 2)}
-            state.append(rec)
+            _record(state, rec, model, opt, epoch, pos)
             bar.set_postfix(loss=rec["loss"])
-            log.info("update %d: %s", update, {k: v for k, v in rec.items() if "loss" in k})
-            state.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "rng": rng_state(), "epoch": epoch, "pos": pos}, update)
             acc = _Interval(arch_names)
     bar.close()
     state.finish(save=save_final)
