@@ -54,7 +54,7 @@ def write_supernet(path: Path, vocab_size: int, ffn: str = "hat", seed: int = 0)
 
 
 def latency_args(out: Path, data: Path, spm: Path) -> list[str]:
-    return ["--space", json.dumps(SPACE), "--latency", json.dumps(LATENCY),
+    return ["dataset", "--space", json.dumps(SPACE), "--latency", json.dumps(LATENCY),
             "--data-dir", str(data), "--spm-model", str(spm),
             "--work", str(out / "work.csv"), "--out", str(out / "dataset.csv"),
             "--summary", str(out / "summary.json")]

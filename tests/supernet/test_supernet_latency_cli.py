@@ -21,7 +21,8 @@ PREDICTOR = {"hidden": 16, "layers": 4, "lr": 1.0e-3, "steps": 40, "eval_every":
 
 def test_latency_then_predictor(tmp_path):
     out = tmp_path / "lat"
-    args = ["--space", json.dumps(SPACE), "--latency", json.dumps(LATENCY), "--vocab-size", "30",
+    args = ["dataset", "--space", json.dumps(SPACE), "--latency", json.dumps(LATENCY),
+            "--vocab-size", "30",
             "--work", str(out / "work.csv"), "--out", str(out / "dataset.csv"),
             "--summary", str(out / "summary.json")]
     assert latency_cli.main(args) == 0
@@ -56,7 +57,7 @@ def test_latency_cli_errors_are_one_line(tmp_path, capsys, change, message):
     args = {"--space": json.dumps(SPACE), "--latency": json.dumps(LATENCY), "--vocab-size": "30",
             "--work": str(tmp_path / "w.csv"), "--out": str(tmp_path / "d.csv"),
             "--summary": str(tmp_path / "s.json"), **change}
-    assert latency_cli.main([x for kv in args.items() for x in kv]) == 2
+    assert latency_cli.main(["dataset"] + [x for kv in args.items() for x in kv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("moebench.cli.supernet.latency: error: ") and message in err
     assert "\n" not in err
@@ -66,3 +67,6 @@ def test_missing_argument_is_one_line(capsys):
     assert predictor_cli.main(["--space", "{}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "error: the following arguments are required" in err and "\n" not in err
+    assert latency_cli.main(["measure"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("moebench.cli.supernet.latency: error: argument command: invalid choice")

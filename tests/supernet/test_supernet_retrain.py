@@ -1,6 +1,7 @@
 """Retraining found subnets: inherited weights start from the supernet's loss, scratch from
 a fresh init; resumable; the command line writes BLEU and the final gold latency."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,14 +93,19 @@ def test_retrain_cli(trained):
             "--search-dir", str(search_dir), "--limits", "q50,1ms",
             "--retrain", json.dumps(RETRAIN), "--train", json.dumps({"max_tokens": 400}),
             "--eval", json.dumps({"test_sentences": 10, "max_len_a": 1.2, "max_len_b": 5}),
-            "--latency-summary", str(lat / "summary.json"), "--data-dir", str(data),
+            "--data-dir", str(data),
             "--spm-model", str(spm), "--device", "cpu", "--state-dir", str(root / "rt"),
             "--out", str(out)]
     assert retrain_cli.main(args) == 0
     res = json.loads(out.read_text())
     assert res["variant"] == "mos_layer" and set(res["limits"]) == {"q50", "1ms"}
     q50 = res["limits"]["q50"]
-    assert q50["within_limit"] and not res["limits"]["1ms"]["within_limit"]
     assert q50["bleu"]["sentences"] == 10 and "tok:13a" in q50["bleu"]["bleu_signature"]
-    assert q50["latency"]["latency_ms"] > 0 and q50["latency"]["threads"] == 1
     assert 0 <= q50["bleu_start"]["bleu"] <= 100 and q50["steps"] == 6
+    assert q50["limit_ms"] == 1e6 and Path(q50["model"]).exists()
+    final = root / "final.json"
+    assert latency_cli.main(["final", "--retrain", str(out), "--summary",
+                             str(lat / "summary.json"), "--out", str(final)]) == 0
+    got = json.loads(final.read_text())["mos_layer-e2-s1"]["inherited"]
+    assert got["q50"]["within_limit"] and not got["1ms"]["within_limit"]
+    assert got["q50"]["latency_ms"] > 0 and got["q50"]["threads"] == 1

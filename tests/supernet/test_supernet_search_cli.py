@@ -42,27 +42,21 @@ def search_args(root, data, spm, lat, supernet, search=SEARCH, compare=True):
     return args + (["--compare-out", str(root / "compare.json")] if compare else [])
 
 
-def test_search_writes_feasible_results_and_reuses_them(inputs):
+def test_search_then_gold_check(inputs):
     root, data, spm, lat, supernet = inputs
     summary = json.loads((lat / "summary.json").read_text())
     assert summary["protocol"]["src_len"] == round(summary["mean_src_len"])
     assert search_cli.main(search_args(root, data, spm, lat, supernet)) == 0
     space = Space.from_params(SPACE)
-    for name in ("q50", "1e+06ms"):
-        res = json.loads((root / "out" / f"{name}.json").read_text())
-        space.validate(res["arch"])
-        assert res["limit"] == name and res["predicted_ms"] <= res["limit_ms"]
-        # reported within the limit exactly when its gold latency is
-        assert res["within_limit"] == (res["gold_ms"] <= res["limit_ms"])
-        checked = res["gold_checked"]
-        if not res["within_limit"]:  # every checked candidate was over the limit
-            assert all(c["gold_ms"] > res["limit_ms"] for c in checked)
-        else:
-            assert checked[-1]["rank"] == res["gold_rank"]
-            assert all(c["gold_ms"] > res["limit_ms"] for c in checked[:-1])
+    raw = {name: json.loads((root / "out" / f"{name}.json").read_text())
+           for name in ("q50", "1e+06ms")}
+    for name, res in raw.items():
+        assert res["limit"] == name and res["run"] == "hat-s1"
+        assert 1 <= len(res["candidates"]) <= SEARCH["gold_check"]
+        fits = [c["valid_loss"] for c in res["candidates"]]
+        assert fits == sorted(fits) and fits[0] == res["search_best"]["valid_loss"]
+        assert all(c["predicted_ms"] <= res["limit_ms"] for c in res["candidates"])
         assert [g["generation"] for g in res["generations"]] == [1, 2, 3]
-        assert res["valid_loss"] >= res["search_best"]["valid_loss"]
-    assert json.loads((root / "out" / "1e+06ms.json").read_text())["within_limit"]
     (run_dir,) = (root / "state" / "q50").iterdir()
     records = read_jsonl(run_dir / "results.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3] and (run_dir / "done").exists()
@@ -76,6 +70,36 @@ def test_search_writes_feasible_results_and_reuses_them(inputs):
     before = (root / "out" / "q50.json").read_text()
     assert search_cli.main(search_args(root, data, spm, lat, supernet, compare=False)) == 0
     assert (root / "out" / "q50.json").read_text() == before  # done: reused, not searched again
+
+    found = [str(root / "out" / f"{n}.json") for n in raw]
+    assert latency_cli.main(["check", "--found", *found, "--space", json.dumps(SPACE),
+                             "--summary", str(lat / "summary.json"),
+                             "--out-root", str(root / "checked")]) == 0
+    for name, r in raw.items():
+        res = json.loads((root / "checked" / "hat-s1" / f"{name}.json").read_text())
+        space.validate(res["arch"])
+        assert "candidates" not in res and res["evaluations"] == r["evaluations"]
+        # reported within the limit exactly when its gold latency is
+        assert res["within_limit"] == (res["gold_ms"] <= res["limit_ms"])
+        checked = res["gold_checked"]
+        if res["within_limit"]:  # the first candidate that fits, by fitness order
+            assert checked[-1]["rank"] == res["gold_rank"]
+            assert all(c["gold_ms"] > res["limit_ms"] for c in checked[:-1])
+        else:  # every candidate was measured and was over the limit
+            assert len(checked) == len(r["candidates"])
+            assert all(c["gold_ms"] > res["limit_ms"] for c in checked)
+        assert res["arch"] == r["candidates"][res["gold_rank"]]["arch"]
+    assert json.loads((root / "checked" / "hat-s1" / "1e+06ms.json").read_text())[
+        "gold_rank"] == 0
+
+
+def test_gold_check_refuses_another_machine(inputs, tmp_path, capsys):
+    root, data, spm, lat, supernet = inputs
+    summary = json.loads((lat / "summary.json").read_text())
+    (tmp_path / "s.json").write_text(json.dumps({**summary, "threads": 8}))
+    assert latency_cli.main(["final", "--retrain", "x.json", "--summary",
+                             str(tmp_path / "s.json"), "--out", str(tmp_path / "f.json")]) == 2
+    assert "measured with threads = 8, this run has 1" in capsys.readouterr().err
 
 
 def test_search_refuses_another_space(inputs, capsys):

@@ -23,8 +23,7 @@ def _search(variant, limit_ms, gold, within=True):
 
 
 def _retrain(mode, bleu, final_ms, start=None):
-    res = {"bleu": {"bleu": bleu, "chrf": 2 * bleu}, "latency": {"latency_ms": final_ms},
-           "steps": 40}
+    res = {"bleu": {"bleu": bleu, "chrf": 2 * bleu}, "steps": 40, "final_ms": final_ms}
     if start is not None:
         res["bleu_start"] = {"bleu": start}
     return {"mode": mode, "limits": {"q50": res}}
@@ -37,7 +36,9 @@ def inputs():
                           "scratch": _retrain("scratch", 1.5, 4.6)},
                "mos_layer-e2-s1": {"inherited": _retrain("inherited", 4.0, 5.2, 2.5),
                                    "scratch": _retrain("scratch", 1.0, 4.9)}}
-    return search, retrain
+    final = {run: {mode: {lim: {"latency_ms": r["final_ms"]} for lim, r in res["limits"].items()}
+                   for mode, res in modes.items()} for run, modes in retrain.items()}
+    return search, retrain, final
 
 
 def test_rows_and_limit_flags():
@@ -82,7 +83,7 @@ def test_paper_rows_hat_points_mos_not_retrieved_ours():
 
 
 def _write_inputs(tmp):
-    search, retrain = inputs()
+    search, retrain, final = inputs()
     for run, limits in search.items():
         for lim, res in limits.items():
             (tmp / "search" / run).mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ def _write_inputs(tmp):
             (tmp / "retrain" / run / f"{mode}.json").write_text(json.dumps(res))
     lat = tmp / "lat"
     lat.mkdir()
+    (lat / "final.json").write_text(json.dumps(final))
     (lat / "summary.json").write_text(json.dumps({"device": "cpu: test"}))
     (lat / "predictor.json").write_text(json.dumps({
         "rows": {"test": 20}, "spread": {"pairs": 10, "mapd": 3.0, "rmse_ms": 0.2},
@@ -125,8 +127,8 @@ def test_cli_writes_tables_headline_and_figures(tmp_path):
     assert head == {"supernet/search/predictor_mapd": 2.0, "supernet/search/linear_mapd": 3.0,
                     "supernet/search/spread_mapd": 3.0, "supernet/search/within_limit": 1,
                     "supernet/search/subnets": 2, "supernet/search/evolution_wins": 4,
-                    "supernet/search/compare_seeds": 5, "supernet/search/hat-s1/q50/bleu": 3.5,
-                    "supernet/search/mos_layer-e2-s1/q50/bleu": 4.0}
+                    "supernet/search/compare_seeds": 5, "supernet/search_bleu_q50/hat-s1": 3.5,
+                    "supernet/search_bleu_q50/mos_layer-e2-s1": 4.0}
     assert all(not isinstance(v, (dict, list)) for v in head.values())
     for stem in ("supernet_frontier", "supernet_predictor"):
         for ext in ("png", "pdf", "csv"):

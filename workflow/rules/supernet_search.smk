@@ -1,7 +1,10 @@
 # The supernet study, part 2: hardware-aware search (HAT / Mixture-of-Supernets).
 #   latency dataset (random subnets timed on this machine) -> latency predictor ->
 #   evolutionary search per trained supernet x latency limit (+ evolution vs random) ->
-#   retraining (inherited | scratch), BLEU and final gold latency -> search tables + figures.
+#   gold check of the found subnets -> retraining (inherited | scratch) and BLEU ->
+#   gold latency of the final models -> search tables + figures.
+# Every gold-latency job (dataset, check, final) takes all of the workflow's cores, so no
+# other job of the workflow runs while latency is timed.
 # Included at the end of workflow/rules/supernet.smk (needs its SN, SN_RUNS, SN_CORPUS_ARGS,
 # SN_SPM, SN_DIR, SN_DEVICE, SN_DING). Params: supernet.{space, latency, predictor, search,
 # retrain} (params/supernet/search.yaml), checked here before any job starts.
@@ -69,7 +72,8 @@ rule supernet_latency_dataset:
         runtime=60,
         gpu=1 if _SNS_LAT_DEVICE == "cuda" else 0,
     shell:
-        "{PY} moebench.cli.supernet.latency --space {params.space} --latency {params.latency} "
+        "{PY} moebench.cli.supernet.latency dataset --space {params.space} "
+        "--latency {params.latency} "
         "{SN_CORPUS_ARGS} --work {params.work} --out {output.csv} --summary {output.summary} "
         "> {log} 2>&1"
 
@@ -114,7 +118,7 @@ rule supernet_search:
     input:
         **_SNS_SEARCH_INPUT,
     output:
-        [f"results/supernet/search/{{run}}/{lim}.json" for lim in SNS_LIMITS],
+        [f"results/supernet/search_raw/{{run}}/{lim}.json" for lim in SNS_LIMITS],
     wildcard_constraints:
         run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
     params:
@@ -128,7 +132,7 @@ rule supernet_search:
         runtime=120,
         gpu=0 if SN_DEVICE == "cpu" else 1,
     shell:
-        _SNS_SEARCH_CMD + "--out-dir results/supernet/search/{wildcards.run} > {log} 2>&1"
+        _SNS_SEARCH_CMD + "--out-dir results/supernet/search_raw/{wildcards.run} > {log} 2>&1"
 
 
 rule supernet_search_compare:
@@ -152,12 +156,32 @@ rule supernet_search_compare:
         _SNS_SEARCH_CMD + "--only-compare --compare-out {output} > {log} 2>&1"
 
 
+rule supernet_gold_check:
+    input:
+        found=expand("results/supernet/search_raw/{run}/{limit}.json", run=SNS_RUNS,
+                     limit=SNS_LIMITS),
+        summary=f"{SNS_LAT}/summary.json",
+    output:
+        expand("results/supernet/search/{run}/{limit}.json", run=SNS_RUNS, limit=SNS_LIMITS),
+    params:
+        space=_sns_q(SN["space"]),
+    log:
+        "results/logs/supernet/gold_check.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=2000,
+        gpu=1 if _SNS_LAT_DEVICE == "cuda" else 0,
+    shell:
+        "{PY} moebench.cli.supernet.latency check --found {input.found} --space {params.space} "
+        f"--summary {{input.summary}} --latency-device {_SNS_LAT_DEVICE} "
+        "--out-root results/supernet/search > {log} 2>&1"
+
+
 rule supernet_retrain:
     input:
         _SNS_CORPUS_INPUT,
         marker="results/supernet/runs/{run}.json",
         found=[f"results/supernet/search/{{run}}/{lim}.json" for lim in SNS_LIMITS],
-        summary=f"{SNS_LAT}/summary.json",
     output:
         "results/supernet/retrain/{run}/{mode}.json",
     wildcard_constraints:
@@ -166,7 +190,9 @@ rule supernet_retrain:
     params:
         retrain=_sns_q(SN["retrain"]),
         train=_sns_q(SN["train"]),
-        eval=_sns_q(SN["eval"]),
+        # the test sentences BLEU is computed on: supernet.retrain.test_sentences if set
+        eval=_sns_q({**SN["eval"], **({"test_sentences": SNS["retrain"]["test_sentences"]}
+                                      if SNS["retrain"]["test_sentences"] else {})}),
         limits=",".join(SNS_LIMITS),
         max_len=SN["data"]["max_len"],
     log:
@@ -180,10 +206,28 @@ rule supernet_retrain:
         "{PY} moebench.cli.supernet.retrain --run {wildcards.run} --mode {wildcards.mode} "
         "--marker {input.marker} --search-dir results/supernet/search/{wildcards.run} "
         "--limits {params.limits} --retrain {params.retrain} --train {params.train} "
-        "--eval {params.eval} --latency-summary {input.summary} "
-        f"--latency-device {_SNS_LAT_DEVICE} {SN_CORPUS_ARGS} --max-len {{params.max_len}} "
+        f"--eval {{params.eval}} {SN_CORPUS_ARGS} --max-len {{params.max_len}} "
         "--device {SN_DEVICE} --threads {SN[threads]} "
         "--state-dir results/supernet/retrain_runs/{wildcards.run}/{wildcards.mode} "
+        "--out {output} > {log} 2>&1"
+
+
+rule supernet_final_latency:
+    input:
+        retrain=expand("results/supernet/retrain/{run}/{mode}.json", run=SNS_RUNS,
+                       mode=SNS_MODES),
+        summary=f"{SNS_LAT}/summary.json",
+    output:
+        f"{SNS_LAT}/final.json",
+    log:
+        "results/logs/supernet/final_latency.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=2000,
+        gpu=1 if _SNS_LAT_DEVICE == "cuda" else 0,
+    shell:
+        "{PY} moebench.cli.supernet.latency final --retrain {input.retrain} "
+        f"--summary {{input.summary}} --latency-device {_SNS_LAT_DEVICE} "
         "--out {output} > {log} 2>&1"
 
 
@@ -198,7 +242,7 @@ rule supernet_search_tables:
         retrain=expand("results/supernet/retrain/{run}/{mode}.json", run=SNS_RUNS,
                        mode=SNS_MODES),
         latency=[f"{SNS_LAT}/summary.json", f"{SNS_LAT}/predictor.json",
-                 f"{SNS_LAT}/predictions.csv"],
+                 f"{SNS_LAT}/predictions.csv"] + ([f"{SNS_LAT}/final.json"] if SNS_MODES else []),
         compare=_SNS_COMPARE_FILE,
     output:
         directory(SNS_TABLES),

@@ -78,11 +78,13 @@ def load_model(path: Path, device: torch.device) -> Transformer:
 
 def retrain_subnet(run_dir: str | Path, identity: Mapping[str, Any], supernet: SuperTransformer,
                    arch: Arch, mode: str, corpus: Corpus, cfg: TrainConfig,
-                   bleu: Any, latency: Any) -> dict[str, Any]:
-    """Retrain one subnet (resumable; a finished run returns its stored result).
+                   bleu: Any, latency: Any = None) -> dict[str, Any]:
+    """Retrain one subnet (resumable; a finished run returns its stored result, whose
+    ``model`` names the final model file).
 
     ``bleu(model) -> dict`` scores a standalone model on the test split; ``latency(model) ->
-    dict`` gives its gold latency (``latency_ms`` ...).
+    dict`` (optional; the workflow measures final models in a job of their own) its gold
+    latency (``latency_ms`` ...).
     """
     run = RunState(run_dir)
     if run.is_done() and (run.dir / RESULT).exists():
@@ -112,10 +114,14 @@ def retrain_subnet(run_dir: str | Path, identity: Mapping[str, Any], supernet: S
     out["records"] = len(records)
     out["diverged"] = any(r.get("diverged") for r in records)
     out["bleu"] = bleu(model)
-    out["latency"] = latency(model)
+    if latency is not None:
+        out["latency"] = latency(model)
     out["params"] = sum(p.numel() for p in model.parameters())
+    if not (run.dir / MODEL).exists():  # a run of 0 steps: the start model is the final one
+        save_model(model, run.dir / MODEL)
+    out["model"] = str(run.dir / MODEL)
     atomic_write_json(run.dir / RESULT, out)
-    log.info("%s %s: valid loss %.4f -> %.4f after %d steps, BLEU %.2f, gold %.3f ms",
-             identity.get("limit"), mode, out["valid_loss_start"], out["valid_loss"],
-             cfg.max_updates, out["bleu"]["bleu"], out["latency"]["latency_ms"])
+    log.info("%s %s: valid loss %.4f -> %.4f after %d steps, BLEU %.2f", identity.get("limit"),
+             mode, out["valid_loss_start"], out["valid_loss"], cfg.max_updates,
+             out["bleu"]["bleu"])
     return out

@@ -9,7 +9,7 @@ Keys (``params/supernet/search.yaml``; docs/supernet.md explains each)::
     supernet.search      variants, limits [{quantile: q} | {ms: x}], latency (predictor |
                          gold), evolution (EvoSpec), fitness {valid_sentences, max_tokens},
                          gold_check, compare {variant, limit, seeds}, seed
-    supernet.retrain     modes, inherited {steps, ...}, scratch {steps, ...}
+    supernet.retrain     modes, test_sentences, inherited {steps, ...}, scratch {steps, ...}
 
 Torch-free: the workflow checks these while it parses.
 """
@@ -269,12 +269,15 @@ TRAIN_KEYS = ("steps", "lr", "warmup", "max_tokens", "eval_every")
 
 def check_retrain(d: Any, where: str = "supernet.retrain") -> dict[str, Any]:
     """``modes`` (inherited, scratch) and each mode's step budget and optimiser values."""
-    d = _keys(d, where, ("modes", *RETRAIN_MODES), ("modes",))
+    d = _keys(d, where, ("modes", "test_sentences", *RETRAIN_MODES), ("modes",))
     modes = d["modes"]
     if not isinstance(modes, list) or not modes or any(m not in RETRAIN_MODES for m in modes):
         raise ParamsError(f"{where}.modes: {modes!r} must be a non-empty list of "
                           f"{', '.join(RETRAIN_MODES)}")
-    out: dict[str, Any] = {"modes": list(modes)}
+    n = d.get("test_sentences")
+    if n is not None:
+        _pos_int(n, f"{where}.test_sentences")
+    out: dict[str, Any] = {"modes": list(modes), "test_sentences": n}
     for mode in modes:
         m = _keys(d.get(mode), f"{where}.{mode}", TRAIN_KEYS, ("steps", "lr"))
         _pos_int(m["steps"], f"{where}.{mode}.steps", zero=True)

@@ -4,8 +4,9 @@ and evolution against random search at equal fitness evaluations over several se
 Fitness is the supernet's validation loss of the subnet (inherited weights, eval mode), shared
 by every search of the variant (a memo keyed by the canonical architecture). During the search
 latency comes from the predictor (or a gold measurement per candidate, ``latency: gold``).
-After it, the *gold check*: the scored candidates are taken best fitness first and measured
-by gold latency until one is within the limit (at most ``gold_check``), so a reported subnet
+A search's result keeps its ``gold_check`` best candidates; the *gold check*
+(:func:`gold_select`, run where the latency dataset was measured) takes them best fitness
+first and measures them by gold latency until one is within the limit, so a reported subnet
 is within its limit on this machine even where the predictor under-estimates; a search whose
 checked candidates all exceed the limit says so (``within_limit: false``).
 """
@@ -62,23 +63,35 @@ class SearchContext:
         return limit.resolve(lambda q: float(np.quantile(self.latencies, q)))
 
 
-def gold_check(ctx: SearchContext, ev: Evaluator, limit_ms: float, n: int) -> dict[str, Any]:
-    """The best-fitness scored candidate within ``limit_ms`` by gold latency (at most ``n``
-    measured); with ``latency: gold`` the search's own measurement is the gold one."""
-    checked = []
-    for rank, (fit, arch) in enumerate(ev.ranked()[:n]):
-        gold = ev.latency(arch) if ctx.source == "gold" else float(ctx.gold(arch))
-        checked.append({"rank": rank, "gold_ms": gold, "predicted_ms": ctx.predicted(arch)})
-        if gold <= limit_ms:
-            return {"arch": arch, "valid_loss": fit, "gold_ms": gold, "gold_rank": rank,
-                    "within_limit": True, "gold_checked": checked}
-    rank = min(range(len(checked)), key=lambda i: checked[i]["gold_ms"])
-    fit, arch = ev.ranked()[rank]
-    log.warning("no candidate of the %d best is within %.3f ms by gold latency; reporting the "
-                "fastest of them (%.3f ms), marked over the limit", len(checked), limit_ms,
-                checked[rank]["gold_ms"])
-    return {"arch": arch, "valid_loss": fit, "gold_ms": checked[rank]["gold_ms"],
-            "gold_rank": rank, "within_limit": False, "gold_checked": checked}
+def candidates(ctx: SearchContext, ev: Evaluator, n: int) -> list[dict[str, Any]]:
+    """The ``n`` best scored architectures (fitness order) with their predicted latency and
+    the latency the search used."""
+    return [{"arch": arch, "valid_loss": fit, "predicted_ms": float(ctx.predicted(arch)),
+             "search_latency_ms": ev.latency(arch)} for fit, arch in ev.ranked()[:n]]
+
+
+def gold_select(found: Mapping[str, Any], gold: Callable[[Arch], float],
+                source: str = "predictor") -> dict[str, Any]:
+    """The best-fitness candidate of a search result within its limit by gold latency
+    (candidates measured in order until one fits; with ``latency: gold`` the search's own
+    measurement is the gold one). None fits: the fastest checked, ``within_limit: false``."""
+    limit, checked = found["limit_ms"], []
+    for rank, c in enumerate(found["candidates"]):
+        ms = c["search_latency_ms"] if source == "gold" else float(gold(c["arch"]))
+        checked.append({"rank": rank, "gold_ms": ms, "predicted_ms": c["predicted_ms"]})
+        if ms <= limit:
+            break
+    else:
+        log.warning("%s %s: none of the %d best candidates is within %.3f ms by gold latency; "
+                    "reporting the fastest, marked over the limit", found.get("run"),
+                    found.get("limit"), len(checked), limit)
+    rank = len(checked) - 1 if checked[-1]["gold_ms"] <= limit else min(
+        range(len(checked)), key=lambda i: checked[i]["gold_ms"])
+    c = found["candidates"][rank]
+    return {**{k: v for k, v in found.items() if k != "candidates"},
+            "arch": c["arch"], "valid_loss": c["valid_loss"], "predicted_ms": c["predicted_ms"],
+            "gold_ms": checked[rank]["gold_ms"], "gold_rank": rank,
+            "within_limit": bool(checked[rank]["gold_ms"] <= limit), "gold_checked": checked}
 
 
 def search_limit(ctx: SearchContext, limit: Limit, evo: EvoSpec, seed: int, gold_n: int,
@@ -100,12 +113,9 @@ def search_limit(ctx: SearchContext, limit: Limit, evo: EvoSpec, seed: int, gold
               "hparams": {"evolution": asdict(evo), "seed": seed}, "moe_backend": "torch",
               "routing": {}}
     res = evolution_search(ctx.space, evo, ev, rng, run=run, base=record)
-    chosen = gold_check(ctx, ev, limit_ms, gold_n)
     result = {**{k: ident[k] for k in ("variant", "run", "limit", "limit_ms", "latency", "seed")
                  if k in ident},
-              "limit_quantile": limit.quantile, **chosen,
-              "predicted_ms": ctx.predicted(chosen["arch"]),
-              "arch_key": ctx.space.arch_key(chosen["arch"]),
+              "limit_quantile": limit.quantile, "candidates": candidates(ctx, ev, gold_n),
               "search_best": {"arch": res.arch, "valid_loss": res.fitness,
                               "latency_ms": res.latency},
               "evaluations": res.evaluations, "generations": res.history}

@@ -49,15 +49,18 @@ def _get(d: Optional[Mapping[str, Any]], *path: str) -> Any:
 
 
 def search_rows(search: Mapping[str, Mapping[str, Any]],
-                retrain: Mapping[str, Mapping[str, Any]]) -> list[Row]:
-    """Rows of ``search.*``: ``search[run][limit]`` (search results) and ``retrain[run][mode]``
-    (the retrain command line's outputs)."""
+                retrain: Mapping[str, Mapping[str, Any]],
+                final: Optional[Mapping[str, Any]] = None) -> list[Row]:
+    """Rows of ``search.*``: ``search[run][limit]`` (gold-checked search results),
+    ``retrain[run][mode]`` (the retrain command line's outputs) and ``final[run][mode][limit]``
+    (the final models' gold latency)."""
     rows = []
     for run, limits in search.items():
         for limit, res in limits.items():
             inh = _get(retrain.get(run), "inherited", "limits", limit)
             scr = _get(retrain.get(run), "scratch", "limits", limit)
-            finals = [x["latency"]["latency_ms"] for x in (inh, scr) if x]
+            finals = [x["latency_ms"] for x in (_get(final, run, mode, limit)
+                                                for mode in ("inherited", "scratch")) if x]
             within = bool(res["within_limit"]) and all(f <= res["limit_ms"] for f in finals)
             rows.append({
                 "run": run, "variant": res["variant"], "limit": limit,
@@ -160,21 +163,22 @@ def predictor_rows(report: Mapping[str, Any]) -> list[Row]:
 
 def headline(rows: Sequence[Row], report: Mapping[str, Any], compare: Optional[Mapping],
              limit: Optional[str]) -> dict[str, Any]:
-    """A flat dict of the search's headline numbers (for dvc metrics)."""
+    """A flat dict of the search's headline numbers (for dvc metrics): ``row/column`` keys,
+    numbers only (a spread that was not measured is left out)."""
     out: dict[str, Any] = {
         "supernet/search/predictor_mapd": round(report["test"]["mlp"]["mapd"], 3),
         "supernet/search/linear_mapd": round(report["test"]["linear"]["mapd"], 3),
-        "supernet/search/spread_mapd": None if report["spread"]["mapd"] is None
-        else round(report["spread"]["mapd"], 3),
         "supernet/search/within_limit": sum(bool(r["within_limit"]) for r in rows),
         "supernet/search/subnets": len(rows)}
+    if report["spread"]["mapd"] is not None:
+        out["supernet/search/spread_mapd"] = round(report["spread"]["mapd"], 3)
     if compare:
         out["supernet/search/evolution_wins"] = compare["wins"]
         out["supernet/search/compare_seeds"] = compare["of"]
     for r in rows:
         bleu = r["bleu_retrained"] if r["bleu_retrained"] is not None else r["bleu_scratch"]
         if r["limit"] == limit and bleu is not None:
-            out[f"supernet/search/{r['run']}/{limit}/bleu"] = round(float(bleu), 3)
+            out[f"supernet/search_bleu_{limit}/{r['run']}"] = round(float(bleu), 3)
     return out
 
 

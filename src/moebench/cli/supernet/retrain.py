@@ -1,10 +1,9 @@
 """Retrain the subnets one supernet run's searches found (one mode), then BLEU / chrF on the
-test split and the final model's gold latency.
+test split (the final models' gold latency: ``moebench.cli.supernet.latency final``).
 
     python -m moebench.cli.supernet.retrain --run hat-s1 --mode inherited \\
         --marker results/supernet/runs/hat-s1.json --search-dir results/supernet/search/hat-s1 \\
         --limits q25,q50,q75 --retrain JSON --train JSON --eval JSON \\
-        --latency-summary results/supernet/latency/summary.json --latency-device cpu \\
         --data-dir data/supernet/ding --spm-model data/supernet/ding/spm.model \\
         --state-dir results/supernet/retrain_runs/hat-s1/inherited \\
         --out results/supernet/retrain/hat-s1/inherited.json
@@ -16,8 +15,6 @@ decoding (``supernet.eval``: beam, length penalty, sentences).
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import logging
 import sys
 from pathlib import Path
@@ -28,7 +25,7 @@ from moebench.errors import RunError
 from moebench.io import atomic_write_json
 from moebench.runs import run_hash
 from moebench.supernet import search_io
-from moebench.supernet.search_params import LatencySpec, check_retrain
+from moebench.supernet.search_params import check_retrain
 
 PROG = "moebench.cli.supernet.retrain"
 log = logging.getLogger(PROG)
@@ -46,8 +43,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", required=True, help="supernet.retrain as JSON (or @FILE)")
     p.add_argument("--train", default="{}", help="supernet.train as JSON (or @FILE)")
     p.add_argument("--eval", default="{}", help="supernet.eval as JSON (or @FILE)")
-    p.add_argument("--latency-summary", required=True)
-    p.add_argument("--latency-device", default="cpu")
     search_io.add_corpus_args(p)
     p.add_argument("--max-len", type=int, default=256, help="longest training pair kept")
     p.add_argument("--device", default="auto")
@@ -69,32 +64,20 @@ def _base_train(text: str):
     return TrainConfig(**kw)
 
 
-def _scorers(args: argparse.Namespace, corpus, device):
-    """bleu(model) and latency(model) callables."""
+def _scorer(args: argparse.Namespace, corpus, device):
+    """bleu(model) -> scores on the test split, and the eval config."""
     from moebench.supernet.decode import DecodeConfig
     from moebench.supernet.decode_eval import EvalConfig, bleu_of
-    from moebench.supernet.latency import machine_info, measure_latency
-    from moebench.supernet.search_run import check_machine
 
     ecfg = EvalConfig.from_params(search_io.json_arg(args.eval, "--eval"))
     decode = DecodeConfig(ecfg.beam, ecfg.lenpen, ecfg.max_len_a, ecfg.max_len_b)
-    summary = json.loads(Path(args.latency_summary).read_text(encoding="utf-8"))
-    spec = LatencySpec(**summary["protocol"])
-    lat_device = search_io.pick_device(args.latency_device)
-    check_machine(summary, machine_info(lat_device, spec.threads), args.latency_summary)
 
     def bleu(model):
         out = bleu_of(model, corpus, ecfg, decode, device)
         return {k: out[k] for k in ("bleu", "chrf", "bleu_signature", "chrf_signature",
                                     "sentences", "decode_seconds")}
 
-    def latency(model):
-        m = model if lat_device == device else copy.deepcopy(model).to(lat_device)
-        out = measure_latency(m, spec)
-        return {k: out[k] for k in ("latency_ms", "encoder_ms", "decoder_ms", "device",
-                                    "threads", "torch")}
-
-    return bleu, latency, ecfg
+    return bleu, ecfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = search_io.load_corpus_args(args)
     corpus.splits["train"] = corpus.splits["train"].filter_length(args.max_len)
     cfg = retrain_config(_base_train(args.train), params[args.mode], args.seed)
-    bleu, latency, ecfg = _scorers(args, corpus, device)
+    bleu, ecfg = _scorer(args, corpus, device)
     out = {"run": args.run, "variant": supernet.cfg.ffn, "mode": args.mode,
            "train": cfg.to_dict(), "eval": ecfg.__dict__, "limits": {}}
     for name in [n for n in args.limits.split(",") if n]:
@@ -124,9 +107,8 @@ def run(args: argparse.Namespace) -> int:
                  "supernet": search_io.file_digest(path), "train": cfg.to_dict(),
                  "eval": ecfg.__dict__}
         res = retrain_subnet(Path(args.state_dir) / name / run_hash(ident), ident, supernet,
-                             arch, args.mode, corpus, cfg, bleu, latency)
+                             arch, args.mode, corpus, cfg, bleu)
         res["limit_ms"] = found["limit_ms"]
-        res["within_limit"] = bool(res["latency"]["latency_ms"] <= found["limit_ms"])
         out["limits"][name] = res
     atomic_write_json(args.out, out)
     return 0

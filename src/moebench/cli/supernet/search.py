@@ -9,9 +9,10 @@
         --state-dir results/supernet/search_state/hat --out-dir results/supernet/search/hat \\
         [--compare-out results/supernet/search/compare.json]
 
-Writes ``<out-dir>/<limit>.json`` per limit (the subnet, its valid loss, predicted and gold
-latency, the per-generation history); the per-generation state lives under ``--state-dir``
-so a killed search resumes. ``--compare-out``: evolution vs random search at equal
+Writes ``<out-dir>/<limit>.json`` per limit (the best candidates with their valid loss and
+predicted latency, the search's best, the per-generation history; the gold check,
+``moebench.cli.supernet.latency check``, picks among the candidates); the per-generation
+state lives under ``--state-dir`` so a killed search resumes. ``--compare-out``: evolution vs random search at equal
 evaluations over the ``compare`` seeds.
 """
 from __future__ import annotations
@@ -119,9 +120,10 @@ def run(args: argparse.Namespace) -> int:
         result = search_limit(ctx, limit, search["evolution"], search["seed"],
                               search["gold_check"], Path(args.state_dir), base)
         atomic_write_json(Path(args.out_dir) / f"{limit.name}.json", result)
-        log.info("%s %s: valid loss %.4f, predicted %.3f ms, gold %.3f ms (limit %.3f ms)",
-                 args.run, limit.name, result["valid_loss"], result["predicted_ms"],
-                 result["gold_ms"], result["limit_ms"])
+        best = result["candidates"][0]
+        log.info("%s %s: best valid loss %.4f, predicted %.3f ms (limit %.3f ms), %d evaluations",
+                 args.run, limit.name, best["valid_loss"], best["predicted_ms"],
+                 result["limit_ms"], result["evaluations"])
     if args.compare_out:
         cmp = search["compare"]
         if cmp is None:

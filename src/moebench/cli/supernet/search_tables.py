@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--search-root", required=True)
     p.add_argument("--retrain-root", required=True)
     p.add_argument("--latency-dir", required=True,
-                   help="holds summary.json, predictor.json, predictions.csv")
+                   help="holds summary.json, predictor.json, predictions.csv (and final.json "
+                        "with --modes)")
     p.add_argument("--compare", help="evolution vs random JSON")
     p.add_argument("--published", default="{}", help="supernet.published as JSON (or @FILE)")
     p.add_argument("--task", default="", help="our corpus' task name (e.g. wmt14.en-de)")
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                for r in runs}
     lat = Path(args.latency_dir)
     summary, report = _read(lat / "summary.json"), _read(lat / "predictor.json")
-    rows = st.search_rows(search, retrain)
+    final = _read(lat / "final.json") if modes else {}
+    rows = st.search_rows(search, retrain, final)
     for r in rows:
         r["hardware"] = summary["device"]
     out = Path(args.tables_dir)
