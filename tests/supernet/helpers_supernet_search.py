@@ -64,3 +64,17 @@ def predictor_args(out: Path) -> list[str]:
     return ["--space", json.dumps(SPACE), "--predictor", json.dumps(PREDICTOR),
             "--dataset", str(out / "dataset.csv"), "--model", str(out / "predictor.pt"),
             "--report", str(out / "predictor.json"), "--predictions", str(out / "pred.csv")]
+
+
+# search-side overrides for an end-to-end run on tiny params (merged per section)
+SEARCH_TINY = {
+    "latency": {"dataset": {"size": 30, "repeats": 6}, "measure": {"runs": 3, "warmup": 1}},
+    "predictor": {"steps": 150, "eval_every": 25},
+    "search": {"limits": [{"quantile": 0.5}, {"ms": 1.0e6}],
+               "evolution": {"population": 6, "parents": 2, "mutations": 2, "crossovers": 2,
+                             "iterations": 2},
+               "fitness": {"valid_sentences": 10}, "gold_check": 5,
+               "compare": {"variant": "hat", "limit": {"quantile": 0.5}, "seeds": [0, 1]}},
+    "retrain": {"test_sentences": 4, "inherited": {"steps": 2, "lr": 5.0e-4},
+                "scratch": {"steps": 2, "lr": 1.0e-3, "warmup": 1}},
+}

@@ -65,8 +65,10 @@ rule supernet_latency_dataset:
     log:
         "results/logs/supernet/latency_dataset.log",
     # all of the workflow's cores: no other job of this workflow runs while latency is timed
-    # (the measurement itself uses supernet.latency.measure.threads)
+    # (the measurement itself uses supernet.latency.measure.threads); first when it can, while
+    # both cores are still free (it needs only the corpus)
     threads: workflow.cores
+    priority: 50
     resources:
         mem_mb=2000,
         runtime=60,

@@ -183,23 +183,28 @@ def _ranked(population: list[Arch], ev: Evaluator) -> list[tuple[float, Arch]]:
     return [(scores[i], population[i]) for i in order]
 
 
+def _start(space: Space, spec: EvoSpec, ev: Evaluator, rng: np.random.Generator,
+           sampler: _Sampler, run: Optional[RunState]) -> tuple[list[Arch], list, int, tuple]:
+    """(population, history, first generation, best) from the checkpoint or a fresh start."""
+    state = run.load() if run is not None else None
+    if state is not None:
+        rng.bit_generator.state = state["rng"]
+        ev.load_state_dict(state["evaluator"])
+        return (state["population"], state["history"], state["step"],
+                (state["best_fitness"], state["best_arch"]))
+    taken: set[str] = set()
+    population = [sampler.draw(lambda: space.sample(rng), taken, "random architecture")
+                  for _ in range(spec.population)]
+    return population, [], 0, (float("inf"), population[0])
+
+
 def evolution_search(space: Space, spec: EvoSpec, ev: Evaluator, rng: np.random.Generator,
                      run: Optional[RunState] = None, base: Optional[Mapping[str, Any]] = None
                      ) -> SearchResult:
     """HAT's evolutionary search (see the module docstring). With ``run`` the state after each
     generation is checkpointed and a record appended (``base`` merged into each record)."""
     sampler = _Sampler(space, ev, spec.max_tries, spec.dedup)
-    state = run.load() if run is not None else None
-    if state is not None:
-        rng.bit_generator.state = state["rng"]
-        ev.load_state_dict(state["evaluator"])
-        population, history, start = state["population"], state["history"], state["step"]
-        best = (state["best_fitness"], state["best_arch"])
-    else:
-        taken: set[str] = set()
-        population = [sampler.draw(lambda: space.sample(rng), taken, "random architecture")
-                      for _ in range(spec.population)]
-        history, start, best = [], 0, (float("inf"), population[0])
+    population, history, start, best = _start(space, spec, ev, rng, sampler, run)
     for gen in range(start, spec.iterations):
         t0, tried0 = time.perf_counter(), sampler.tried
         ranked = _ranked(population, ev)
@@ -215,8 +220,8 @@ def evolution_search(space: Space, spec: EvoSpec, ev: Evaluator, rng: np.random.
         history.append(entry)
         log.info("generation %d/%d: best valid loss %.4f (%.2f ms), %d evaluations, "
                  "%d new feasible candidates of %d tried", gen + 1, spec.iterations, best[0],
-                 entry["best_latency"], ev.evaluations, len(population) - len(parents),
-                 entry["tried"])
+                 entry["best_latency"], ev.evaluations,
+                 len(population) - len(parents) if entry["tried"] else 0, entry["tried"])
         if run is not None:
             run.append({**(base or {}), **entry, "step": gen + 1, "epoch": gen + 1,
                         "loss": best[0], "step_time": time.perf_counter() - t0,

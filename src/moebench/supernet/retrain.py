@@ -53,14 +53,14 @@ def start_model(supernet: SuperTransformer, arch: Arch, mode: str, seed: int) ->
 
 def retrain_config(base: TrainConfig, mode_params: Mapping[str, Any], seed: int) -> TrainConfig:
     """``base`` (the supernet's optimiser settings) with the mode's budget: ``steps``, ``lr``,
-    ``warmup``, ``max_tokens``, ``eval_every``; one architecture per update."""
+    ``warmup``, ``max_tokens``, ``update_freq``, ``eval_every``; one architecture per update."""
     steps = int(mode_params["steps"])
     every = int(mode_params.get("eval_every", max(steps, 1)))
     return replace(base, max_updates=steps, lr=float(mode_params["lr"]),
                    warmup_updates=int(mode_params.get("warmup", 0)),
                    max_tokens=int(mode_params.get("max_tokens", base.max_tokens)),
                    eval_every=max(1, min(every, steps)) if steps else 1, sandwich=False,
-                   update_freq=1, seed=seed)
+                   update_freq=int(mode_params.get("update_freq", 1)), seed=seed)
 
 
 def save_model(model: Transformer, path: Path) -> None:
@@ -107,8 +107,15 @@ def retrain_subnet(run_dir: str | Path, identity: Mapping[str, Any], supernet: S
     records = run_training(run.dir, identity, model, corpus.splits["train"], cfg, pad,
                            lambda u: [None], ["subnet"], evaluate,
                            lambda d: save_model(model, Path(d) / MODEL), base, progress=None)
+    return _finish(run, model, out, records, valid, cfg, pad, bleu, latency, identity)
+
+
+def _finish(run: RunState, model: Transformer, out: dict[str, Any], records: list[dict],
+            valid: list, cfg: TrainConfig, pad: int, bleu: Any, latency: Any,
+            identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Score the final model and store the result next to the run."""
     if run.is_done() and (run.dir / MODEL).exists():
-        model = load_model(run.dir / MODEL, device)
+        model = load_model(run.dir / MODEL, next(model.parameters()).device)
     model.eval()
     out["valid_loss"] = valid_loss(model, None, valid, cfg.label_smoothing, pad)
     out["records"] = len(records)
@@ -122,6 +129,6 @@ def retrain_subnet(run_dir: str | Path, identity: Mapping[str, Any], supernet: S
     out["model"] = str(run.dir / MODEL)
     atomic_write_json(run.dir / RESULT, out)
     log.info("%s %s: valid loss %.4f -> %.4f after %d steps, BLEU %.2f", identity.get("limit"),
-             mode, out["valid_loss_start"], out["valid_loss"], cfg.max_updates,
+             out["mode"], out["valid_loss_start"], out["valid_loss"], cfg.max_updates,
              out["bleu"]["bleu"])
     return out

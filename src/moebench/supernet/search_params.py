@@ -264,7 +264,7 @@ def _check_compare(d: Any, variants: list[str], names: list[str], where: str) ->
     return {"variant": d["variant"], "limit": limit, "seeds": list(seeds)}
 
 
-TRAIN_KEYS = ("steps", "lr", "warmup", "max_tokens", "eval_every")
+TRAIN_KEYS = ("steps", "lr", "warmup", "max_tokens", "update_freq", "eval_every")
 
 
 def check_retrain(d: Any, where: str = "supernet.retrain") -> dict[str, Any]:
@@ -282,7 +282,7 @@ def check_retrain(d: Any, where: str = "supernet.retrain") -> dict[str, Any]:
         m = _keys(d.get(mode), f"{where}.{mode}", TRAIN_KEYS, ("steps", "lr"))
         _pos_int(m["steps"], f"{where}.{mode}.steps", zero=True)
         _number(m["lr"], f"{where}.{mode}.lr")
-        for key in ("warmup", "max_tokens", "eval_every"):
+        for key in ("warmup", "max_tokens", "update_freq", "eval_every"):
             if key in m:
                 _pos_int(m[key], f"{where}.{mode}.{key}", zero=key == "warmup")
         out[mode] = m
