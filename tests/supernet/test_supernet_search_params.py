@@ -71,3 +71,32 @@ def test_missing_section_is_named(section):
     bad = {k: v for k, v in section.items() if k != "predictor"}
     with pytest.raises(ParamsError, match="supernet.predictor: is missing"):
         check_search_params(bad)
+
+
+def _merge(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("task", ["wmt14_en_de", "wmt14_en_fr", "wmt19_en_de"])
+@pytest.mark.parametrize("train", ["hat", "mos"])
+def test_paper_search_configs(section, task, train):
+    cfg = section
+    for f in (f"params/paper/{train}_{task}.yaml", f"params/paper/hat_search_{task}.yaml"):
+        cfg = _merge(cfg, yaml.safe_load((ROOT / f).read_text())["supernet"])
+    p = check_search_params(cfg)
+    assert p["space"].count() > 10**14  # HAT's space0
+    assert [lim.name for lim in p["search"]["limits"]] == ["100ms", "150ms", "200ms"]
+    evo = p["search"]["evolution"]
+    assert (evo.population, evo.parents, evo.mutations, evo.crossovers, evo.mutation_prob,
+            evo.iterations) == (125, 25, 50, 50, 0.3, 30)
+    pred = p["predictor"]
+    assert (pred.hidden, pred.layers, pred.lr, pred.steps, pred.lat_norm) == (
+        400, 4, 1e-5, 5000, 200.0)
+    m = p["latency"]["measure"]
+    assert (m["src_len"], m["decode_steps"], m["beam"], m["warmup"], m["runs"]) == (30, 30, 5, 5, 20)
+    assert p["latency"]["dataset"]["size"] == 2000
+    assert p["retrain"]["scratch"]["steps"] == 40000 and p["retrain"]["scratch"]["warmup"] == 4000
+    assert p["search"]["task"] == task.replace("_", ".", 1).replace("_", "-")

@@ -60,3 +60,28 @@ def test_bad_search_params_stop_the_workflow_with_one_line(tmp_path, extra, mess
     lines = [x for x in out.stderr.splitlines() if x.startswith("moebench: params error:")]
     assert out.returncode == 1 and len(lines) == 1, out.stderr[-2000:]
     assert re.search(message, lines[0]), lines[0]
+
+
+def test_paper_search_dry_run_lists_the_jobs(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from test_supernet_workflow import ROOT
+
+    for name in ("Snakefile", "workflow", "params"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "only.yaml").write_text("studies: [supernet]\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile",
+         "params/paper/mos_wmt14_en_de.yaml", "params/paper/hat_search_wmt14_en_de.yaml",
+         "only.yaml", "--", "supernet_search_all"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=300, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    jobs = dict(re.findall(r"^(supernet_\w+)\s+(\d+)$", text, re.M))
+    assert jobs["supernet_latency_dataset"] == "1" and jobs["supernet_predictor"] == "1"
+    assert jobs["supernet_search"] == "4" and jobs["supernet_retrain"] == "8"
+    assert "supernet_search_compare" not in jobs  # compare: null at paper scale
+    assert "results/supernet/search/mos_neuron-e6-s1/150ms.json" in text
