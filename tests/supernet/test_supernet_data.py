@@ -19,7 +19,7 @@ from moebench.errors import DataError
 from moebench.supernet import corpus as ding
 from moebench.supernet.data import Parallel, batch_indices, collate, load_corpus, token_batches
 from moebench.supernet.spm import EOS, PAD, SpmVocab, train_spm
-from moebench.supernet.wmt import FairseqDict, fetch_preprocessed, load_fairseq, read_indexed
+from moebench.supernet.wmt import FairseqDict, fetch_preprocessed, read_indexed
 
 DING = """# Version :: devel 2023-01-30
 # License :: GPL Version 2 or later; GNU General Public License

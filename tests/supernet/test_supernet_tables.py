@@ -1,8 +1,6 @@
 """The supernet table, headline and figure from evaluation JSONs (exact formats)."""
 import json
 
-import pytest
-
 from moebench.cli.supernet import tables as cli
 from moebench.supernet.tables import load_evals, table_rows, write_tables
 

@@ -91,7 +91,7 @@ def _read_mmap(head: bytes, data: np.ndarray) -> list[np.ndarray]:
     (version,), off = struct.unpack_from("<Q", head, off), off + 8
     if version != 1:
         raise ValueError(f"version {version}")
-    code, n, _docs = head[off], *struct.unpack_from("<QQ", head, off + 1)
+    code, (n,) = head[off], struct.unpack_from("<Q", head, off + 1)  # then the doc count
     dtype = np.dtype(DTYPES[code])
     off += 17
     sizes = np.frombuffer(head, np.int32, n, off)
