@@ -111,10 +111,10 @@ def test_valid_loss_is_the_label_smoothed_loss_per_target_token(space):
     with torch.no_grad():
         total = sum(float(label_smoothed_nll(model(b.src, b.prev, arch), b.target, 1, 0.1)[0])
                     for b in batches)
+        nll = sum(float(label_smoothed_nll(model(b.src, b.prev, arch), b.target, 1, 0.1)[1])
+                  for b in batches)
     n = sum(b.ntokens for b in batches)
     assert valid_loss(model, arch, batches) == pytest.approx(total / n, rel=1e-6)
-    nll = sum(float(label_smoothed_nll(model(b.src, b.prev, arch), b.target, 1, 0.1)[1])
-              for b in batches)
     assert valid_loss(model, arch, batches, nll=True) == pytest.approx(nll / n, rel=1e-6)
     assert abs(valid_loss(model, arch, batches, nll=True) - math.log(V)) < 1.5
 
