@@ -88,14 +88,14 @@ def test_retrain_cli(trained):
     for name, arch, limit in (("q50", supernet.space.smallest(), 1e6),
                               ("1ms", supernet.space.largest(), 1e-3)):
         (search_dir / f"{name}.json").write_text(json.dumps({"arch": arch, "limit_ms": limit}))
-    out = root / "retrain.json"
-    args = ["--run", "mos_layer-e2-s1", "--mode", "inherited", "--marker", str(marker),
+    out = root / "retrain" / "inherited.json"
+    args = ["--run", "mos_layer-e2-s1", "--modes", "inherited,scratch", "--marker", str(marker),
             "--search-dir", str(search_dir), "--limits", "q50,1ms",
             "--retrain", json.dumps(RETRAIN), "--train", json.dumps({"max_tokens": 400}),
             "--eval", json.dumps({"test_sentences": 10, "max_len_a": 1.2, "max_len_b": 5}),
             "--data-dir", str(data),
             "--spm-model", str(spm), "--device", "cpu", "--state-dir", str(root / "rt"),
-            "--out", str(out)]
+            "--out-dir", str(root / "retrain")]
     assert retrain_cli.main(args) == 0
     res = json.loads(out.read_text())
     assert res["variant"] == "mos_layer" and set(res["limits"]) == {"q50", "1ms"}
@@ -103,9 +103,21 @@ def test_retrain_cli(trained):
     assert q50["bleu"]["sentences"] == 10 and "tok:13a" in q50["bleu"]["bleu_signature"]
     assert 0 <= q50["bleu_start"]["bleu"] <= 100 and q50["steps"] == 6
     assert q50["limit_ms"] == 1e6 and Path(q50["model"]).exists()
+    scratch = json.loads((root / "retrain" / "scratch.json").read_text())
+    assert scratch["mode"] == "scratch" and "bleu_start" not in scratch["limits"]["q50"]
     final = root / "final.json"
     assert latency_cli.main(["final", "--retrain", str(out), "--summary",
                              str(lat / "summary.json"), "--out", str(final)]) == 0
     got = json.loads(final.read_text())["mos_layer-e2-s1"]["inherited"]
     assert got["q50"]["within_limit"] and not got["1ms"]["within_limit"]
     assert got["q50"]["latency_ms"] > 0 and got["q50"]["threads"] == 1
+
+
+def test_retrain_cli_refuses_unknown_mode(trained, capsys):
+    root, data, spm, _, _, marker = trained
+    args = ["--run", "x", "--modes", "distill", "--marker", str(marker), "--search-dir", "s",
+            "--limits", "q50", "--retrain", json.dumps(RETRAIN), "--data-dir", str(data),
+            "--spm-model", str(spm), "--state-dir", "st", "--out-dir", "o"]
+    assert retrain_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--modes 'distill': each must be one of supernet.retrain.modes" in err

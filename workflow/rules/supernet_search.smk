@@ -64,6 +64,8 @@ rule supernet_latency_dataset:
         work=f"{SNS_LAT}/dataset.partial.csv",  # kept across kills: measuring resumes there
     log:
         "results/logs/supernet/latency_dataset.log",
+    benchmark:
+        "results/benchmarks/supernet/latency_dataset.tsv"
     # all of the workflow's cores: no other job of this workflow runs while latency is timed
     # (the measurement itself uses supernet.latency.measure.threads); first when it can, while
     # both cores are still free (it needs only the corpus)
@@ -92,6 +94,8 @@ rule supernet_predictor:
         predictor=_sns_q(SN["predictor"]),
     log:
         "results/logs/supernet/predictor.log",
+    benchmark:
+        "results/benchmarks/supernet/predictor.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -128,6 +132,8 @@ rule supernet_search:
         search=_SNS_SEARCH_ARG,
     log:
         "results/logs/supernet/search/{run}.log",
+    benchmark:
+        "results/benchmarks/supernet/search_{run}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -137,25 +143,35 @@ rule supernet_search:
         _SNS_SEARCH_CMD + "--out-dir results/supernet/search_raw/{wildcards.run} > {log} 2>&1"
 
 
-rule supernet_search_compare:
-    input:
-        **_SNS_SEARCH_INPUT,
-    output:
-        "results/supernet/search/compare/{run}.json",
-    wildcard_constraints:
-        run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
-    params:
-        space=_sns_q(SN["space"]),
-        search=_SNS_SEARCH_ARG,
-    log:
-        "results/logs/supernet/search/compare_{run}.log",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=0 if SN_DEVICE == "cpu" else 1,
-    shell:
-        _SNS_SEARCH_CMD + "--only-compare --compare-out {output} > {log} 2>&1"
+# the compare run's search job also runs evolution vs random search (sharing its fitness cache)
+if SNS_COMPARE_RUN is not None:
+
+    ruleorder: supernet_search_compare > supernet_search
+
+    rule supernet_search_compare:
+        input:
+            **{k: (v.format(run=SNS_COMPARE_RUN) if isinstance(v, str) else v)
+               for k, v in _SNS_SEARCH_INPUT.items()},
+        output:
+            [f"results/supernet/search_raw/{SNS_COMPARE_RUN}/{lim}.json" for lim in SNS_LIMITS],
+            compare=f"results/supernet/search/compare/{SNS_COMPARE_RUN}.json",
+        params:
+            space=_sns_q(SN["space"]),
+            search=_SNS_SEARCH_ARG,
+            run=SNS_COMPARE_RUN,
+        log:
+            f"results/logs/supernet/search/{SNS_COMPARE_RUN}.log",
+        benchmark:
+            f"results/benchmarks/supernet/search_{SNS_COMPARE_RUN}.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=120,
+            gpu=0 if SN_DEVICE == "cpu" else 1,
+        shell:
+            _SNS_SEARCH_CMD.replace("{wildcards.run}", "{params.run}")
+            + "--out-dir results/supernet/search_raw/{params.run} "
+            "--compare-out {output.compare} > {log} 2>&1"
 
 
 rule supernet_gold_check:
@@ -169,6 +185,8 @@ rule supernet_gold_check:
         space=_sns_q(SN["space"]),
     log:
         "results/logs/supernet/gold_check.log",
+    benchmark:
+        "results/benchmarks/supernet/gold_check.tsv"
     threads: workflow.cores
     resources:
         mem_mb=2000,
@@ -185,10 +203,10 @@ rule supernet_retrain:
         marker="results/supernet/runs/{run}.json",
         found=[f"results/supernet/search/{{run}}/{lim}.json" for lim in SNS_LIMITS],
     output:
-        "results/supernet/retrain/{run}/{mode}.json",
+        # one job per supernet run: every mode of supernet.retrain.modes (inherited | scratch)
+        [f"results/supernet/retrain/{{run}}/{mode}.json" for mode in SNS_MODES],
     wildcard_constraints:
         run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
-        mode="inherited|scratch",
     params:
         retrain=_sns_q(SN["retrain"]),
         train=_sns_q(SN["train"]),
@@ -196,22 +214,27 @@ rule supernet_retrain:
         eval=_sns_q({**SN["eval"], **({"test_sentences": SNS["retrain"]["test_sentences"]}
                                       if SNS["retrain"]["test_sentences"] else {})}),
         limits=",".join(SNS_LIMITS),
+        modes=",".join(SNS_MODES),
         max_len=SN["data"]["max_len"],
+        valid=(f"--valid-sentences {_SNS_SEARCH['fitness']['valid_sentences']}"
+               if _SNS_SEARCH["fitness"]["valid_sentences"] else ""),
     log:
-        "results/logs/supernet/retrain/{run}_{mode}.log",
+        "results/logs/supernet/retrain/{run}.log",
+    benchmark:
+        "results/benchmarks/supernet/retrain_{run}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
         gpu=0 if SN_DEVICE == "cpu" else 1,
     shell:
-        "{PY} moebench.cli.supernet.retrain --run {wildcards.run} --mode {wildcards.mode} "
+        "{PY} moebench.cli.supernet.retrain --run {wildcards.run} --modes {params.modes} "
         "--marker {input.marker} --search-dir results/supernet/search/{wildcards.run} "
         "--limits {params.limits} --retrain {params.retrain} --train {params.train} "
-        f"--eval {{params.eval}} {SN_CORPUS_ARGS} --max-len {{params.max_len}} "
+        f"--eval {{params.eval}} {SN_CORPUS_ARGS} --max-len {{params.max_len}} {{params.valid}} "
         "--device {SN_DEVICE} --threads {SN[threads]} "
-        "--state-dir results/supernet/retrain_runs/{wildcards.run}/{wildcards.mode} "
-        "--out {output} > {log} 2>&1"
+        "--state-dir results/supernet/retrain_runs/{wildcards.run} "
+        "--out-dir results/supernet/retrain/{wildcards.run} > {log} 2>&1"
 
 
 rule supernet_final_latency:
@@ -223,6 +246,8 @@ rule supernet_final_latency:
         f"{SNS_LAT}/final.json",
     log:
         "results/logs/supernet/final_latency.log",
+    benchmark:
+        "results/benchmarks/supernet/final_latency.tsv"
     threads: workflow.cores
     resources:
         mem_mb=2000,

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -78,13 +78,14 @@ def load_model(path: Path, device: torch.device) -> Transformer:
 
 def retrain_subnet(run_dir: str | Path, identity: Mapping[str, Any], supernet: SuperTransformer,
                    arch: Arch, mode: str, corpus: Corpus, cfg: TrainConfig,
-                   bleu: Any, latency: Any = None) -> dict[str, Any]:
+                   bleu: Any, latency: Any = None,
+                   valid_sentences: Optional[int] = None) -> dict[str, Any]:
     """Retrain one subnet (resumable; a finished run returns its stored result, whose
     ``model`` names the final model file).
 
     ``bleu(model) -> dict`` scores a standalone model on the test split; ``latency(model) ->
     dict`` (optional; the workflow measures final models in a job of their own) its gold
-    latency (``latency_ms`` ...).
+    latency (``latency_ms`` ...). Valid losses on the first ``valid_sentences`` valid pairs.
     """
     run = RunState(run_dir)
     if run.is_done() and (run.dir / RESULT).exists():
@@ -92,7 +93,8 @@ def retrain_subnet(run_dir: str | Path, identity: Mapping[str, Any], supernet: S
     device = next(supernet.parameters()).device
     pad = supernet.cfg.pad
     model = start_model(supernet, arch, mode, cfg.seed).to(device)
-    valid = [b.to(device) for b in token_batches(corpus.splits["valid"], cfg.max_tokens)]
+    valid = [b.to(device) for b in token_batches(corpus.splits["valid"].subset(valid_sentences),
+                                                  cfg.max_tokens)]
     out: dict[str, Any] = {"mode": mode, "arch": arch, "steps": cfg.max_updates,
                            "valid_loss_start": valid_loss(model, None, valid,
                                                           cfg.label_smoothing, pad)}
@@ -117,7 +119,10 @@ def _finish(run: RunState, model: Transformer, out: dict[str, Any], records: lis
     if run.is_done() and (run.dir / MODEL).exists():
         model = load_model(run.dir / MODEL, next(model.parameters()).device)
     model.eval()
-    out["valid_loss"] = valid_loss(model, None, valid, cfg.label_smoothing, pad)
+    last = records[-1] if records else {}
+    out["valid_loss"] = last["valid_loss"] if "valid_loss" in last and not last.get(
+        "diverged") and last.get("step") == cfg.max_updates else valid_loss(
+        model, None, valid, cfg.label_smoothing, pad)
     out["records"] = len(records)
     out["diverged"] = any(r.get("diverged") for r in records)
     out["bleu"] = bleu(model)

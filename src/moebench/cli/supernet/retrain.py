@@ -1,12 +1,11 @@
-"""Retrain the subnets one supernet run's searches found (one mode), then BLEU / chrF on the
+"""Retrain the subnets one supernet run's searches found (each mode), then BLEU / chrF on the
 test split (the final models' gold latency: ``moebench.cli.supernet.latency final``).
 
-    python -m moebench.cli.supernet.retrain --run hat-s1 --mode inherited \\
+    python -m moebench.cli.supernet.retrain --run hat-s1 --modes inherited,scratch \\
         --marker results/supernet/runs/hat-s1.json --search-dir results/supernet/search/hat-s1 \\
         --limits q25,q50,q75 --retrain JSON --train JSON --eval JSON \\
         --data-dir data/supernet/ding --spm-model data/supernet/ding/spm.model \\
-        --state-dir results/supernet/retrain_runs/hat-s1/inherited \\
-        --out results/supernet/retrain/hat-s1/inherited.json
+        --state-dir results/supernet/retrain_runs/hat-s1 --out-dir results/supernet/retrain/hat-s1
 
 ``--train``: the supernet's optimiser settings (``supernet.train``), overridden by the mode's
 ``steps`` / ``lr`` / ``warmup`` / ``max_tokens`` / ``eval_every``; ``--eval``: the test-set
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from moebench.cli.common import OneLineParser
-from moebench.errors import RunError
+from moebench.errors import UsageError
 from moebench.io import atomic_write_json
 from moebench.runs import run_hash
 from moebench.supernet import search_io
@@ -36,7 +35,7 @@ TRAIN_FIELDS = ("lr", "warmup_init_lr", "min_lr", "adam_betas", "adam_eps", "wei
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="the supernet run's name (hat-s1, ...)")
-    p.add_argument("--mode", required=True, choices=("inherited", "scratch"))
+    p.add_argument("--modes", required=True, help="comma-separated: inherited, scratch")
     search_io.add_supernet_args(p)
     p.add_argument("--search-dir", required=True, help="the run's <limit>.json search results")
     p.add_argument("--limits", required=True, help="comma-separated limit names (q25,200ms)")
@@ -45,11 +44,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", default="{}", help="supernet.eval as JSON (or @FILE)")
     search_io.add_corpus_args(p)
     p.add_argument("--max-len", type=int, default=256, help="longest training pair kept")
+    p.add_argument("--valid-sentences", type=int, help="valid losses on the first N valid pairs")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--state-dir", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out-dir", required=True, help="writes <mode>.json")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -80,37 +80,50 @@ def _scorer(args: argparse.Namespace, corpus, device):
     return bleu, ecfg
 
 
+def _retrain_mode(args: argparse.Namespace, mode: str, params: dict, supernet, path: Path,
+                  corpus, bleu, ecfg) -> dict:
+    """Every limit's subnet retrained in ``mode``; the command line's JSON for that mode."""
+    from moebench.supernet.retrain import retrain_config, retrain_subnet
+
+    cfg = retrain_config(_base_train(args.train), params[mode], args.seed)
+    out = {"run": args.run, "variant": supernet.cfg.ffn, "mode": mode,
+           "train": cfg.to_dict(), "eval": ecfg.__dict__, "limits": {}}
+    for name in [n for n in args.limits.split(",") if n]:
+        found = search_io.json_arg(f"@{Path(args.search_dir) / f'{name}.json'}", "--search-dir")
+        arch = supernet.space.validate(found["arch"], where=f"{args.search_dir}/{name}.json")
+        ident = {"study": "supernet", "stage": "retrain", "run": args.run, "mode": mode,
+                 "variant": supernet.cfg.ffn, "limit": name, "arch": supernet.space.canonical(arch),
+                 "supernet": search_io.file_digest(path), "train": cfg.to_dict(),
+                 "eval": ecfg.__dict__, "valid_sentences": args.valid_sentences}
+        res = retrain_subnet(Path(args.state_dir) / mode / name / run_hash(ident), ident,
+                             supernet, arch, mode, corpus, cfg, bleu,
+                             valid_sentences=args.valid_sentences)
+        res["limit_ms"] = found["limit_ms"]
+        out["limits"][name] = res
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from moebench.supernet.retrain import retrain_config, retrain_subnet
     from moebench.supernet.train_supernet import load_supernet
 
     torch.set_num_threads(max(1, args.threads))
     params = check_retrain(search_io.json_arg(args.retrain, "--retrain"))
-    if args.mode not in params["modes"]:
-        raise RunError(f"mode {args.mode!r} is not in supernet.retrain.modes")
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in params["modes"]]
+    if bad or not modes:
+        raise UsageError(f"--modes {args.modes!r}: each must be one of supernet.retrain.modes "
+                         f"({', '.join(params['modes'])})")
     device = search_io.pick_device(args.device)
     path = search_io.supernet_path(args)
     supernet = load_supernet(path, device)
     corpus = search_io.load_corpus_args(args)
     corpus.splits["train"] = corpus.splits["train"].filter_length(args.max_len)
-    cfg = retrain_config(_base_train(args.train), params[args.mode], args.seed)
     bleu, ecfg = _scorer(args, corpus, device)
-    out = {"run": args.run, "variant": supernet.cfg.ffn, "mode": args.mode,
-           "train": cfg.to_dict(), "eval": ecfg.__dict__, "limits": {}}
-    for name in [n for n in args.limits.split(",") if n]:
-        found = search_io.json_arg(f"@{Path(args.search_dir) / f'{name}.json'}", "--search-dir")
-        arch = supernet.space.validate(found["arch"], where=f"{args.search_dir}/{name}.json")
-        ident = {"study": "supernet", "stage": "retrain", "run": args.run, "mode": args.mode,
-                 "variant": supernet.cfg.ffn, "limit": name, "arch": supernet.space.canonical(arch),
-                 "supernet": search_io.file_digest(path), "train": cfg.to_dict(),
-                 "eval": ecfg.__dict__}
-        res = retrain_subnet(Path(args.state_dir) / name / run_hash(ident), ident, supernet,
-                             arch, args.mode, corpus, cfg, bleu)
-        res["limit_ms"] = found["limit_ms"]
-        out["limits"][name] = res
-    atomic_write_json(args.out, out)
+    for mode in modes:
+        out = _retrain_mode(args, mode, params, supernet, path, corpus, bleu, ecfg)
+        atomic_write_json(Path(args.out_dir) / f"{mode}.json", out)
     return 0
 
 
