@@ -48,7 +48,7 @@ def test_mean_lengths_resolve():
     (["search", "compare", "variant"], "mos_x", "compare.variant: 'mos_x' is not a searched variant"),
     (["latency", "measure", "src_len"], "median", "supernet.latency.measure.src_len: 'median' must be a positive integer"),
     (["latency", "dataset", "size"], 5, "supernet.latency.dataset.size: 5 is too few rows"),
-    (["latency", "dataset", "repeats"], 500, "repeats: 500 is above size = 80"),
+    (["latency", "dataset", "repeats"], 500, "repeats: 500 is above size = 120"),
     (["latency", "device"], "tpu", "supernet.latency.device: 'tpu' is not one of cpu, cuda, auto"),
     (["predictor", "lr"], "1e-3", "supernet.predictor.lr: '1e-3' must be a positive number (YAML reads"),
     (["retrain", "modes"], ["finetune"], "supernet.retrain.modes: ['finetune'] must be"),

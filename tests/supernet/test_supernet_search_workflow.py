@@ -82,6 +82,6 @@ def test_paper_search_dry_run_lists_the_jobs(tmp_path):
     text = out.stdout + out.stderr
     jobs = dict(re.findall(r"^(supernet_\w+)\s+(\d+)$", text, re.M))
     assert jobs["supernet_latency_dataset"] == "1" and jobs["supernet_predictor"] == "1"
-    assert jobs["supernet_search"] == "4" and jobs["supernet_retrain"] == "8"
+    assert jobs["supernet_search"] == "4" and jobs["supernet_retrain"] == "4"
     assert "supernet_search_compare" not in jobs  # compare: null at paper scale
     assert "results/supernet/search/mos_neuron-e6-s1/150ms.json" in text
