@@ -47,7 +47,8 @@ class EvoSpec:
     dedup: bool = False
 
     @classmethod
-    def from_params(cls, d: Mapping[str, Any], where: str = "supernet.search.evolution") -> "EvoSpec":
+    def from_params(cls, d: Mapping[str, Any],
+                    where: str = "supernet.search.evolution") -> "EvoSpec":
         """From params; a one-line :class:`ParamsError` names a bad key."""
         names = list(cls.__dataclass_fields__)
         unknown = sorted(set(d) - set(names))

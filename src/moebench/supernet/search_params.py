@@ -74,7 +74,8 @@ class PredictorSpec:
     seed: int = 0
 
     @classmethod
-    def from_params(cls, d: Mapping[str, Any], where: str = "supernet.predictor") -> "PredictorSpec":
+    def from_params(cls, d: Mapping[str, Any],
+                    where: str = "supernet.predictor") -> "PredictorSpec":
         """From a params mapping; one-line :class:`ParamsError` naming a bad key."""
         fields = cls.__dataclass_fields__
         unknown = sorted(set(d) - set(fields))
@@ -117,7 +118,8 @@ def _keys(d: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...
 
 def _pos_int(v: Any, where: str, zero: bool = False) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < (0 if zero else 1):
-        raise ParamsError(f"{where}: {v!r} must be {'an integer >= 0' if zero else 'a positive integer'}")
+        what = "an integer >= 0" if zero else "a positive integer"
+        raise ParamsError(f"{where}: {v!r} must be {what}")
     return v
 
 
@@ -156,7 +158,8 @@ def parse_limit(d: Any, where: str) -> Limit:
         if not isinstance(q, (int, float)) or isinstance(q, bool) or not 0 < q < 1:
             raise ParamsError(f"{where}.quantile: {q!r} must be a number in (0, 1)")
         if abs(q * 100 - round(q * 100)) > 1e-9:
-            raise ParamsError(f"{where}.quantile: {q!r} must be a whole percentile (0.25, not 0.255)")
+            raise ParamsError(f"{where}.quantile: {q!r} must be a whole percentile "
+                              f"(0.25, not 0.255)")
         return Limit(quantile=float(q))
     return Limit(ms=_number(d["ms"], f"{where}.ms"))
 
@@ -217,7 +220,8 @@ def check_search(d: Any, where: str = "supernet.search") -> dict[str, Any]:
         raise ParamsError(f"{where}.variants: {variants!r} must be a non-empty list of "
                           f"{', '.join(VARIANTS)}")
     if not isinstance(d["limits"], list) or not d["limits"]:
-        raise ParamsError(f"{where}.limits: must be a non-empty list of {{quantile: q}} or {{ms: x}}")
+        raise ParamsError(f"{where}.limits: must be a non-empty list of {{quantile: q}} or "
+                          f"{{ms: x}}")
     limits = [parse_limit(x, f"{where}.limits[{i}]") for i, x in enumerate(d["limits"])]
     names = [lim.name for lim in limits]
     if len(set(names)) != len(names):

@@ -134,7 +134,8 @@ def compare_with_random(ctx: SearchContext, limit: Limit, evo: EvoSpec,
                           e.evaluations, np.random.default_rng([s, 1]), evo.max_tries)
         rows.append({"seed": s, "evaluations": e.evaluations, "evolution": e.fitness,
                      "random": r.fitness, "evolution_latency_ms": e.latency,
-                     "random_latency_ms": r.latency, "evolution_wins": bool(e.fitness <= r.fitness)})
+                     "random_latency_ms": r.latency,
+                     "evolution_wins": bool(e.fitness <= r.fitness)})
         log.info("seed %d, %d evaluations: evolution %.4f, random %.4f", s, e.evaluations,
                  e.fitness, r.fitness)
     return {"limit": limit.name, "limit_ms": limit_ms, "latency": ctx.source,

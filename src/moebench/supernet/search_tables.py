@@ -136,10 +136,11 @@ def render(rows: Sequence[Row], columns: Sequence[tuple[str, str]], kind: str) -
 
 
 def write_table(folder: str | Path, name: str, rows: Sequence[Row],
-                columns: Sequence[tuple[str, str]], kinds: Sequence[str] = ("txt", "md", "csv", "tex")
-                ) -> list[Path]:
+                columns: Sequence[tuple[str, str]],
+                kinds: Sequence[str] = ("txt", "md", "csv", "tex")) -> list[Path]:
     """``folder/name.<kind>`` for every kind."""
-    return [atomic_write_text(Path(folder) / f"{name}.{k}", render(rows, columns, k)) for k in kinds]
+    return [atomic_write_text(Path(folder) / f"{name}.{k}", render(rows, columns, k))
+            for k in kinds]
 
 
 PREDICTOR_COLUMNS = (("model", "latency model"), ("rmse_ms", "RMSE ms"), ("mapd", "MAPD %"),

@@ -287,7 +287,8 @@ class Space:
         (arbitrary attention -1 / 1 / 2 counted as 1 / 2 / 3). Shape [10]."""
         le, ld = int(arch["encoder_layer_num"]), int(arch["decoder_layer_num"])
         mean = lambda key, n: float(np.mean(arch[key][:n]))  # noqa: E731
-        arb = float(np.mean([ARBITRARY_LAYERS[a] for a in arch["decoder_arbitrary_ende_attn"][:ld]]))
+        arb = float(np.mean([ARBITRARY_LAYERS[a]
+                             for a in arch["decoder_arbitrary_ende_attn"][:ld]]))
         return np.array([arch["encoder_embed_dim"], le, mean("encoder_ffn_embed_dim", le),
                          mean("encoder_self_attention_heads", le), arch["decoder_embed_dim"], ld,
                          mean("decoder_ffn_embed_dim", ld),

@@ -2,8 +2,10 @@
 linear baseline and the measurement's run-to-run spread.
 
     python -m moebench.cli.supernet.predictor --space JSON --predictor JSON \\
-        --dataset results/supernet/latency/dataset.csv --model results/supernet/latency/predictor.pt \\
-        --report results/supernet/latency/predictor.json --predictions results/supernet/latency/predictions.csv
+        --dataset results/supernet/latency/dataset.csv \\
+        --model results/supernet/latency/predictor.pt \\
+        --report results/supernet/latency/predictor.json \\
+        --predictions results/supernet/latency/predictions.csv
 
 ``--report``: rows per split, RMSE (ms) and MAPD (%) of the MLP, the linear baseline and the
 train mean on the held-out test part, the spread, and whether the issue's targets hold

@@ -5,15 +5,16 @@
         --predictor results/supernet/latency/predictor.pt \\
         --latency-dataset results/supernet/latency/dataset.csv \\
         --latency-summary results/supernet/latency/summary.json --latency-device cpu \\
-        --data-dir data/supernet/ding --spm-model data/supernet/spm.model \\
-        --state-dir results/supernet/search_state/hat --out-dir results/supernet/search/hat \\
-        [--compare-out results/supernet/search/compare.json]
+        --data-dir data/supernet/ding --spm-model data/supernet/ding/spm.model \\
+        --state-dir results/supernet/search_state/hat-s1 \\
+        --out-dir results/supernet/search_raw/hat-s1 \\
+        [--compare-out results/supernet/search/compare/hat-s1.json]
 
 Writes ``<out-dir>/<limit>.json`` per limit (the best candidates with their valid loss and
 predicted latency, the search's best, the per-generation history; the gold check,
 ``moebench.cli.supernet.latency check``, picks among the candidates); the per-generation
-state lives under ``--state-dir`` so a killed search resumes. ``--compare-out``: evolution vs random search at equal
-evaluations over the ``compare`` seeds.
+state lives under ``--state-dir`` so a killed search resumes. ``--compare-out``: evolution
+vs random search at equal evaluations over the ``compare`` seeds.
 """
 from __future__ import annotations
 
