@@ -97,6 +97,7 @@ rule supernet_predictor:
     benchmark:
         "results/benchmarks/supernet/predictor.tsv"
     threads: 1
+    priority: 50  # ready before the first supernet is trained, so its search can start then
     resources:
         mem_mb=2000,
     shell:
@@ -164,6 +165,7 @@ if SNS_COMPARE_RUN is not None:
         benchmark:
             f"results/benchmarks/supernet/search_{SNS_COMPARE_RUN}.tsv"
         threads: 1
+        priority: 40  # the longest search job: first
         resources:
             mem_mb=4000,
             runtime=120,
