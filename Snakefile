@@ -1,11 +1,14 @@
 # moebench workflow: every study's data -> train -> collect -> tables and figures.
 # Run: snakemake --cores 2 results/tables    (params/*.yaml; override with --configfile)
-# Studies (params/studies.yaml): dg = DomainBed (GMoE, MASS, MoDE, Soft-MoE, ERM).
+# Studies (params/studies.yaml): dg = DomainBed (GMoE, MASS, MoDE, Soft-MoE, ERM);
+# supernet = HAT / Mixture-of-Supernets machine translation.
 configfile: "params/studies.yaml"
 configfile: "params/dg/sweep.yaml"
 configfile: "params/dg/datasets.yaml"
 configfile: "params/dg/hparams.yaml"
 configfile: "params/report.yaml"
+configfile: "params/supernet/search.yaml"
+configfile: "params/supernet/supernet.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -1,0 +1,1 @@
+"""Command lines of the supernet study (one module per stage)."""

@@ -1,0 +1,113 @@
+"""Plumbing shared by the search-side command lines: JSON arguments, the device, the one-line
+error contract, the corpus, and the standalone model of an architecture."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from moebench.errors import MoebenchError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+def json_arg(text: str, what: str) -> Any:
+    """A JSON command-line value (``@FILE`` reads it from a file)."""
+    try:
+        if text.startswith("@"):
+            return json.loads(Path(text[1:]).read_text(encoding="utf-8"))
+        return json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{what}: not valid JSON ({exc})") from None
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """sha256 of a file's bytes, first ``length`` hex digits (a path-free identity)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def add_supernet_args(p: argparse.ArgumentParser) -> None:
+    """``--marker`` (the training rule's marker JSON) or ``--supernet`` (a model.pt)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--marker", help="the supernet training marker JSON (names its run dir)")
+    src.add_argument("--supernet", help="a trained supernet's model.pt")
+
+
+def supernet_path(args: argparse.Namespace) -> Path:
+    """The model.pt that ``--marker`` / ``--supernet`` names."""
+    if getattr(args, "supernet", None):
+        return Path(args.supernet)
+    marker = json_arg(f"@{args.marker}", "--marker")
+    return Path(marker["run_dir"]) / "model.pt"
+
+
+def pick_device(name: str):
+    """``auto`` = CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {name!r} asked for but CUDA is not available")
+    return torch.device(name)
+
+
+def add_corpus_args(p: argparse.ArgumentParser) -> None:
+    """``--corpus-kind / --data-dir / --spm-model`` (as the training command line)."""
+    p.add_argument("--corpus-kind", default="ding", choices=("ding", "fairseq"))
+    p.add_argument("--data-dir", help="the corpus folder (text splits or HAT's binary data)")
+    p.add_argument("--spm-model", help="SentencePiece model (the ding corpus)")
+
+
+def load_corpus_args(args: argparse.Namespace):
+    """The corpus the arguments name (moebench.supernet.data.load_corpus)."""
+    from moebench.supernet.data import load_corpus
+
+    if not args.data_dir:
+        raise UsageError("--data-dir is needed here")
+    return load_corpus(args.corpus_kind, args.data_dir, args.spm_model)
+
+
+def mean_lengths(corpus, split: str = "test") -> tuple[float, float]:
+    """Mean source and target length (tokens, eos counted) of a split."""
+    part = corpus.splits[split]
+    if len(part) == 0:
+        raise UsageError(f"the corpus' {split} split is empty")
+    return (sum(len(s) for s in part.src) / len(part), sum(len(t) for t in part.tgt) / len(part))
+
+
+def standalone(arch: dict, space, vocab_size: int, device=None):
+    """A freshly initialised standalone Transformer of ``arch`` (the exported model's class
+    and shapes; latency does not depend on the weights' values)."""
+    from moebench.supernet.model_plain import PlainConfig, Transformer
+
+    model = Transformer(PlainConfig.from_arch(arch, vocab_size=vocab_size, qkv_dim=space.qkv_dim))
+    return model.to(device) if device is not None else model
+
+
+def run_cli(argv: Optional[Sequence[str]], parser: argparse.ArgumentParser,
+            body: Callable[[argparse.Namespace], int]) -> int:
+    """Parse, set up logging, run; a bad command line or a :class:`MoebenchError` is one line
+    ``prog: error: ...`` on stderr and exit code 2; any other exception keeps its traceback."""
+    from moebench.cli.common import ArgumentError, setup_logging
+
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return body(args)
+    except MoebenchError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
