@@ -12,6 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = {
+    "studies": ["dg"],
     "sweep": {"algorithms": ["erm"], "trial_seeds": [0], "test_envs": "singles", "runs_per_job": 9},
     "datasets": {name: {"steps": 2, "checkpoint_freq": 1, "build": {"seed": 0, "image_size": 8, "max_images": 120}}
                  for name in ("rotated_digits", "colored_digits")},

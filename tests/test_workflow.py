@@ -11,6 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
+    "studies": ["dg"],
     "sweep": {"datasets": ["colored_digits"], "algorithms": ["erm", "gmoe"], "trial_seeds": [0, 1],
               "runs_per_job": 12},
     "datasets": {"colored_digits": {"path": "data/colored_digits.npz", "steps": 4, "checkpoint_freq": 2,

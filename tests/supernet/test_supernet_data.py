@@ -17,7 +17,8 @@ import pytest
 
 from moebench.errors import DataError
 from moebench.supernet import corpus as ding
-from moebench.supernet.data import Parallel, batch_indices, collate, load_corpus, token_batches
+from moebench.supernet.data import Parallel, batch_indices, collate, token_batches
+from moebench.supernet.load import load_corpus
 from moebench.supernet.spm import EOS, PAD, SpmVocab, train_spm
 from moebench.supernet.wmt import FairseqDict, fetch_preprocessed, read_indexed
 

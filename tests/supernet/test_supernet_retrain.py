@@ -10,7 +10,8 @@ import torch
 from helpers_supernet_search import SPACE, latency_args, write_corpus
 from moebench.cli.supernet import latency as latency_cli
 from moebench.cli.supernet import retrain as retrain_cli
-from moebench.supernet.data import load_corpus, token_batches
+from moebench.supernet.data import token_batches
+from moebench.supernet.load import load_corpus
 from moebench.supernet.model import ModelConfig
 from moebench.supernet.retrain import retrain_config, retrain_subnet, start_model
 from moebench.supernet.space import Space

@@ -69,8 +69,8 @@ def add_corpus_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_corpus_args(args: argparse.Namespace):
-    """The corpus the arguments name (moebench.supernet.data.load_corpus)."""
-    from moebench.supernet.data import load_corpus
+    """The corpus the arguments name (moebench.supernet.load.load_corpus)."""
+    from moebench.supernet.load import load_corpus
 
     if not args.data_dir:
         raise UsageError("--data-dir is needed here")

@@ -2,7 +2,7 @@
 # so bad params stop the run with one line before any job starts.
 from snakemake.utils import validate
 
-from moebench.dg.params import algorithm_order, validate as validate_dg
+from moebench.dg.params import algorithm_order, dg_sections_in, validate as validate_dg
 from moebench.dg.sweep import batch_runs, write_plan
 from moebench.errors import MoebenchError
 
@@ -21,6 +21,8 @@ localrules: dg_plan, dg_collect, dg_tables, dg_data_all, dg_train_all
 RUNS_ROOT = SWEEP["runs_root"]
 BATCHES = batch_runs(RUNS, SWEEP["runs_per_job"])
 PLAN = f"{DG}/sweep/plan.json"
+# the params files that can change the plan (another study's params never re-plan this one)
+DG_PARAM_FILES = [f for f in PARAM_FILES if dg_sections_in(f)]
 DATA_PATHS = {ds: config["datasets"][ds]["path"] for ds in SWEEP["datasets"]}
 
 

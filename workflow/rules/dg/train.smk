@@ -5,7 +5,7 @@
 
 rule dg_plan:
     input:
-        PARAM_FILES,
+        DG_PARAM_FILES,
     output:
         PLAN,
     run:
