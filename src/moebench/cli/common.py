@@ -58,3 +58,16 @@ def add_records_source(parser: argparse.ArgumentParser) -> Any:
     src.add_argument("--input_dir", "--input-dir", dest="input_dir", metavar="DIR",
                      help="read a sweep directory directly (ours or one written by DomainBed)")
     return src
+
+
+def run_parser(argv: Sequence[str] | None, parser: argparse.ArgumentParser,
+               body: Callable[[argparse.Namespace], int]) -> int:
+    """Parse with ``parser`` (an :class:`OneLineParser` turns a bad command line into one
+    line), set up logging (``-v``), run ``body(args)`` via :func:`run_main`."""
+    try:
+        args = parser.parse_args(argv)
+    except ArgumentError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(getattr(args, "verbose", False))
+    return run_main(lambda: body(args), parser.prog)

@@ -1,15 +1,14 @@
-"""Plumbing shared by the search-side command lines: JSON arguments, the device, the one-line
-error contract, the corpus, and the standalone model of an architecture."""
+"""Plumbing shared by the supernet command lines: JSON arguments, the supernet file, the
+corpus, and the standalone model of an architecture."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
-from moebench.errors import MoebenchError, UsageError
+from moebench.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +49,6 @@ def supernet_path(args: argparse.Namespace) -> Path:
     return Path(marker["run_dir"]) / "model.pt"
 
 
-def pick_device(name: str):
-    """``auto`` = CUDA when present, else CPU; ``cuda`` without CUDA is an error."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {name!r} asked for but CUDA is not available")
-    return torch.device(name)
-
-
 def add_corpus_args(p: argparse.ArgumentParser) -> None:
     """``--corpus-kind / --data-dir / --spm-model`` (as the training command line)."""
     p.add_argument("--corpus-kind", default="ding", choices=("ding", "fairseq"))
@@ -92,22 +80,3 @@ def standalone(arch: dict, space, vocab_size: int, device=None):
 
     model = Transformer(PlainConfig.from_arch(arch, vocab_size=vocab_size, qkv_dim=space.qkv_dim))
     return model.to(device) if device is not None else model
-
-
-def run_cli(argv: Optional[Sequence[str]], parser: argparse.ArgumentParser,
-            body: Callable[[argparse.Namespace], int]) -> int:
-    """Parse, set up logging, run; a bad command line or a :class:`MoebenchError` is one line
-    ``prog: error: ...`` on stderr and exit code 2; any other exception keeps its traceback."""
-    from moebench.cli.common import ArgumentError, setup_logging
-
-    try:
-        args = parser.parse_args(argv)
-    except ArgumentError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(getattr(args, "verbose", False))
-    try:
-        return body(args)
-    except MoebenchError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2

@@ -20,9 +20,10 @@ from typing import Optional, Sequence
 
 import yaml
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.errors import UsageError
 from moebench.io import atomic_write_json
+from moebench.device import resolve_device
 from moebench.supernet import search_io
 
 PROG = "moebench.cli.supernet.bleu"
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = search_io.pick_device(args.device)
+    device = resolve_device(args.device)
     path, marker = _model_path(args)
     model = load_supernet(path, device)
     corpus = search_io.load_corpus_args(args)
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return search_io.run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

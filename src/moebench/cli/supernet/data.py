@@ -14,9 +14,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.errors import UsageError
-from moebench.supernet.search_io import run_cli
 
 PROG = "moebench.cli.supernet.data"
 log = logging.getLogger(PROG)
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

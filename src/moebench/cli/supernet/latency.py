@@ -28,8 +28,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.io import atomic_write, atomic_write_json
+from moebench.device import resolve_device
 from moebench.supernet import search_io
 from moebench.supernet.search_params import LatencySpec, check_latency, resolve_measure
 from moebench.supernet.space import Space
@@ -82,7 +83,7 @@ def dataset(args: argparse.Namespace) -> int:
                                                    dataset_arrays, measurement_spread)
 
     space, lat, spec, vocab, means = _dataset_setup(args)
-    device = search_io.pick_device(lat["device"])
+    device = resolve_device(lat["device"])
     ds = lat["dataset"]
     archs = dataset_archs(space, ds["size"], ds["seed"])
     log.info("measuring %d architectures (+%d repeats) on %s: src_len %d, %d decoder steps, "
@@ -116,7 +117,7 @@ def _gold_setup(args: argparse.Namespace):
 
     summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
     spec = LatencySpec(**summary["protocol"])
-    device = search_io.pick_device(args.latency_device)
+    device = resolve_device(args.latency_device)
     check_machine(summary, machine_info(device, spec.threads), args.summary)
     return summary, spec, device
 
@@ -162,7 +163,7 @@ def final(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = {"dataset": dataset, "check": check, "final": final}
-    return search_io.run_cli(argv, parser(), lambda a: commands[a.command](a))
+    return run_parser(argv, parser(), lambda a: commands[a.command](a))
 
 
 if __name__ == "__main__":

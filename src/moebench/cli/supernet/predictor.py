@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.errors import RunError
 from moebench.io import atomic_write_json, atomic_write_text
 from moebench.supernet import search_io
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return search_io.run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.errors import UsageError
 from moebench.io import atomic_write_json
 from moebench.runs import run_hash
+from moebench.device import resolve_device
 from moebench.supernet import search_io
 from moebench.supernet.search_params import check_retrain
 
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     if bad or not modes:
         raise UsageError(f"--modes {args.modes!r}: each must be one of supernet.retrain.modes "
                          f"({', '.join(params['modes'])})")
-    device = search_io.pick_device(args.device)
+    device = resolve_device(args.device)
     path = search_io.supernet_path(args)
     supernet = load_supernet(path, device)
     corpus = search_io.load_corpus_args(args)
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return search_io.run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.errors import RunError, UsageError
 from moebench.io import atomic_write_json
+from moebench.device import resolve_device
 from moebench.supernet import search_io
 from moebench.supernet.search_params import LatencySpec, check_search
 from moebench.supernet.space import Space
@@ -71,7 +72,7 @@ def build_context(args: argparse.Namespace, search: dict):
     from moebench.supernet.train_supernet import load_supernet
 
     path = search_io.supernet_path(args)
-    supernet = load_supernet(path, search_io.pick_device(args.device))
+    supernet = load_supernet(path, resolve_device(args.device))
     space = supernet.space
     if space != Space.from_params(search_io.json_arg(args.space, "--space")):
         raise RunError(f"{path}: trained on another design space than supernet.space")
@@ -81,7 +82,7 @@ def build_context(args: argparse.Namespace, search: dict):
         corpus, search["fitness"]["valid_sentences"]), search["fitness"]["max_tokens"])]
     summary = json.loads(Path(args.latency_summary).read_text(encoding="utf-8"))
     spec = LatencySpec(**summary["protocol"])
-    lat_device = search_io.pick_device(args.latency_device)
+    lat_device = resolve_device(args.latency_device)
     check_machine(summary, machine_info(lat_device, spec.threads), args.latency_summary)
     predictor = Predictor.load(args.predictor)
     _, _, latencies = dataset_arrays(read_rows(args.latency_dataset))
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return search_io.run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.errors import RunError
 from moebench.io import atomic_write_json
 from moebench.supernet import search_io
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return search_io.run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

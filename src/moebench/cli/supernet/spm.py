@@ -9,8 +9,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from moebench.cli.common import OneLineParser
-from moebench.supernet.search_io import run_cli
+from moebench.cli.common import OneLineParser, run_parser
 
 PROG = "moebench.cli.supernet.spm"
 
@@ -35,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from moebench.cli.common import OneLineParser
+from moebench.cli.common import OneLineParser, run_parser
 from moebench.io import atomic_write_json
+from moebench.device import resolve_device
 from moebench.supernet import search_io
 
 PROG = "moebench.cli.supernet.train"
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else sec.get("threads", 0)
     if threads:
         torch.set_num_threads(threads)
-    device = search_io.pick_device(args.device or sec.get("device", "auto"))
+    device = resolve_device(args.device or sec.get("device", "auto"))
     corpus = search_io.load_corpus_args(args)
     space = Space.from_params(sec["space"])
     v = corpus.vocab
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return search_io.run_cli(argv, parser(), run)
+    return run_parser(argv, parser(), run)
 
 
 if __name__ == "__main__":
