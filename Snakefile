@@ -1,19 +1,24 @@
-# moebench workflow: dataset -> train -> collect -> tables -> figures and ours-vs-paper.
+# moebench workflow: every study's data -> train -> collect -> tables and figures.
 # Run: snakemake --cores 2 results/tables    (params/*.yaml; override with --configfile)
-configfile: "params/sweep.yaml"
-configfile: "params/datasets.yaml"
-configfile: "params/hparams.yaml"
+# Studies (params/studies.yaml): dg = DomainBed (GMoE, MASS, MoDE, Soft-MoE, ERM).
+configfile: "params/studies.yaml"
+configfile: "params/dg/sweep.yaml"
+configfile: "params/dg/datasets.yaml"
+configfile: "params/dg/hparams.yaml"
 configfile: "params/report.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/collect.smk"
+
+
+for _study in STUDIES:
+
+    include: f"workflow/rules/{_study}.smk"
+
+
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         "results/tables",
-        rules.figures_all.input,

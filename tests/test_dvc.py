@@ -47,7 +47,9 @@ def test_dvc_repro_status_push_and_pull_into_a_fresh_clone(tmp_path):
     tables = (repo / "results" / "tables" / "results.txt").read_text()
     assert "leave-one-domain-out" in tables and (repo / "results" / "figures").is_dir()
     assert "up to date" in sh("dvc", "status", cwd=repo)
-    assert "summary.json" in sh("dvc", "metrics", "show", cwd=repo)
+    metrics = sh("dvc", "metrics", "show", cwd=repo)
+    assert "results/tables/metrics/dg_rotated_digits_erm.json" in metrics
+    assert max(len(line) for line in metrics.splitlines()) <= 120, metrics
 
     store = tmp_path / "store"
     sh("dvc", "remote", "add", "-d", "--local", "store", str(store), cwd=repo)

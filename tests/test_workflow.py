@@ -42,14 +42,14 @@ def snakemake(work: Path, overrides: dict, *targets: str, dry: bool = False) -> 
 @pytest.mark.slow
 def test_end_to_end_tables_on_tiny_params(tmp_path):
     work = workflow_copy(tmp_path)
-    proc = snakemake(work, TINY, "results/tables", "figures_all")
+    proc = snakemake(work, TINY, "results/tables")
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = work / "results" / "figures"
     for stem in ("accuracy_iid_colored_digits", "bubble_iid", "curves_colored_digits",
                  "expert_load_iid_colored_digits"):
         for ext in ("png", "pdf", "csv"):
             assert (figures / f"{stem}.{ext}").stat().st_size > 0, (stem, ext)
-    assert (work / "results" / "paper" / "ours_vs_paper.csv").exists()
+    assert (work / "results" / "tables" / "ours_vs_paper.csv").exists()
     tables = work / "results" / "tables"
     text = (tables / "results.txt").read_text()
     for method in ("training-domain validation set", "leave-one-domain-out cross-validation",
@@ -59,15 +59,20 @@ def test_end_to_end_tables_on_tiny_params(tmp_path):
         rows = (tables / f"{slug}_colored_digits.csv").read_text().splitlines()
         assert [r.split(",")[0] for r in rows[1:]] == ["erm", "gmoe"]
         assert "X" not in rows[1] and ",," not in rows[1], rows  # every cell filled
-    records = [json.loads(x) for x in (work / "results" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(x) for x in (work / "results" / "dg" / "records.jsonl").read_text().splitlines()]
     # 2 algorithms x 2 trial seeds x (3 singles + 3 pairs) runs x checkpoints at steps 0, 2, 3
     assert len(records) == 2 * 2 * 6 * 3
     assert {r["step"] for r in records} == {0, 2, 3}
-    assert (work / "results" / "logs" / "tables.log").exists()
+    assert (work / "results" / "logs" / "dg" / "tables.log").exists()
     summary = json.loads((tables / "summary.json").read_text())
-    assert summary
+    assert summary["diverged_runs"] == {}
+    metrics = {p.stem: json.loads(p.read_text()) for p in (tables / "metrics").glob("*.json")}
+    assert set(metrics) == {"dg_colored_digits_erm", "dg_colored_digits_gmoe"}
+    assert set(metrics["dg_colored_digits_gmoe"]) == {"iid", "lodo", "oracle"}
+    assert {r["moe_backend"] for r in records if r["algorithm"] == "gmoe"} <= {"native", "torch"}
+    assert {r["moe_backend"] for r in records if r["algorithm"] == "erm"} == {"none"}
     # nothing left to do afterwards
-    again = snakemake(work, TINY, "results/tables", "figures_all", dry=True)
+    again = snakemake(work, TINY, "results/tables", dry=True)
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

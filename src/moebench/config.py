@@ -1,9 +1,10 @@
-"""Validation of the merged params against JSON schemas, with one-line errors.
+"""Validation of the merged params against JSON schemas, with one-line errors (every study).
 
-Snakemake merges ``params/*.yaml`` (and any ``--configfile``) into one config; each file owns
-top-level sections (``sweep``, ``datasets``, ``hparams``, ``report``). Before any job starts we
-check every section against ``workflow/schemas/<section>.schema.yaml`` and the registries, and
-report the first problem as one line naming the key and the params file it came from.
+Snakemake merges ``params/**/*.yaml`` (and any ``--configfile``) into one config; each file
+owns top-level sections (``studies``, ``sweep``, ``datasets``, ``hparams``, ``report``,
+``glue``, ``supernet``). Before any job starts each study checks its sections against
+``workflow/schemas/<section>.schema.yaml`` and its declarations, and reports the first problem
+as one line naming the params file and the key.
 """
 from __future__ import annotations
 
@@ -13,11 +14,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import jsonschema
 import yaml
 
-SECTIONS = ("sweep", "datasets", "hparams", "report")
+from moebench.errors import ParamsError
 
-
-class ParamsError(ValueError):
-    """A bad params value; ``str()`` is one line naming key and file."""
+STUDIES = ("dg", "glue", "supernet")
 
 
 def _defined_in(files: Sequence[str | Path], path: Sequence[Any]) -> str:
@@ -63,32 +62,30 @@ def check_section(config: Mapping[str, Any], section: str, schema: Mapping[str, 
         raise ParamsError(f"{where}: {'.'.join(map(str, full))}: {reason}")
 
 
-def check_names(config: Mapping[str, Any], files: Sequence[str | Path],
-                algorithms: Iterable[str], datasets: Iterable[str]) -> None:
-    """Every algorithm and dataset named in the sweep must be registered and configured."""
-    algorithms, datasets = set(algorithms), set(datasets)
-    for i, name in enumerate(config["sweep"]["algorithms"]):
-        if name not in algorithms:
-            where = _defined_in(files, ["sweep", "algorithms"])
-            raise ParamsError(f"{where}: sweep.algorithms[{i}]: unknown algorithm {name!r}; valid: {', '.join(sorted(algorithms))}")
-        if name not in (config["hparams"].get("algorithms") or {}):
-            raise ParamsError(f"{_defined_in(files, ['hparams'])}: hparams.algorithms has no entry for {name!r}")
-    for i, name in enumerate(config["sweep"]["datasets"]):
-        if name not in datasets:
-            where = _defined_in(files, ["sweep", "datasets"])
-            raise ParamsError(f"{where}: sweep.datasets[{i}]: unknown dataset {name!r}; valid: {', '.join(sorted(datasets))}")
-        if name not in config["datasets"]:
-            raise ParamsError(f"{_defined_in(files, ['datasets'])}: datasets has no entry for {name!r}")
-
-
 def load_schema(schema_dir: str | Path, section: str) -> dict[str, Any]:
     return yaml.safe_load((Path(schema_dir) / f"{section}.schema.yaml").read_text())
 
 
-def validate_params(config: Mapping[str, Any], schema_dir: str | Path, files: Sequence[str | Path]) -> None:
-    """Schema + registry checks of the whole config (raises ParamsError, one line)."""
-    from moebench.catalog import ALGORITHM_NAMES, DATASET_ENV_COUNTS  # no torch import
+def locate(err: Exception, files: Sequence[str | Path]) -> str:
+    """``"<params file>: <error>"`` for an error with a ``key_path`` (HparamsError)."""
+    path = getattr(err, "key_path", ())
+    return f"{_defined_in(files, list(path))}: {err}" if path else str(err)
 
-    for section in SECTIONS:
-        check_section(config, section, load_schema(schema_dir, section), files)
-    check_names(config, files, ALGORITHM_NAMES, DATASET_ENV_COUNTS)
+
+def check_studies(config: Mapping[str, Any], files: Sequence[str | Path]) -> list[str]:
+    """The ``studies`` list (every entry a known study, no repeats) and ``plugins`` list."""
+    studies = config.get("studies")
+    where = _defined_in(files, ["studies"])
+    if not isinstance(studies, list) or not studies:
+        raise ParamsError(f"{where}: studies: must be a non-empty list of {', '.join(STUDIES)}")
+    for i, name in enumerate(studies):
+        if name not in STUDIES:
+            raise ParamsError(f"{where}: studies[{i}]: unknown study {name!r}; "
+                              f"valid: {', '.join(STUDIES)}")
+    if len(set(studies)) != len(studies):
+        raise ParamsError(f"{where}: studies: {studies} repeats a study")
+    plugins = config.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ParamsError(f"{_defined_in(files, ['plugins'])}: plugins: must be a list of "
+                          f"module names, got {plugins!r}")
+    return list(studies)

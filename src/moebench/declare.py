@@ -41,6 +41,9 @@ class Hp:
     ``min`` / ``max`` are numbers or the name of another hyperparameter of the same algorithm
     (checked against the run's resolved value); ``min_open`` / ``max_open`` make them
     exclusive. ``nullable`` admits ``null``. A ``float`` hyperparameter accepts integers.
+    ``choices`` and bounds apply to scalar values; a list value is checked element by element
+    against ``items`` (an ``Hp``); ``unique`` forbids repeated elements, ``min_items`` sets
+    the shortest list.
     """
 
     name: str
@@ -52,6 +55,9 @@ class Hp:
     max_open: bool = False
     choices: Optional[tuple[Any, ...]] = None
     nullable: bool = False
+    items: Optional["Hp"] = None
+    unique: bool = False
+    min_items: int = 0
 
     def __post_init__(self) -> None:
         types = self.type if isinstance(self.type, tuple) else (self.type,)
@@ -97,10 +103,24 @@ class Hp:
             return f"{value!r} must be {self.describe_type()}{hint}"
         if value is None:
             return None
+        if isinstance(value, list):
+            return self._list_problem(value, context or {})
         if self.choices is not None and value not in self.choices:
             return f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return self._bound_problem(value, context or {})
+        return None
+
+    def _list_problem(self, value: list, context: Mapping[str, Any]) -> Optional[str]:
+        if len(value) < self.min_items:
+            return f"{value!r} needs at least {self.min_items} element(s)"
+        if self.unique and len(set(map(repr, value))) != len(value):
+            return f"{value!r} has repeated elements"
+        if self.items is not None:
+            for i, item in enumerate(value):
+                problem = self.items.problem(item, context)
+                if problem:
+                    return f"{value!r}: element {i}: {problem}"
         return None
 
     def _bound_problem(self, value: float, context: Mapping[str, Any]) -> Optional[str]:
@@ -158,6 +178,7 @@ class Declaration:
     hparams: tuple[Hp, ...] = ()
     help: str = ""
     extends: Optional[str] = None
+    shares: tuple[tuple[str, tuple[str, ...]], ...] = ()
     module: str = ""
     path: str = field(default="", compare=False)
 
@@ -177,16 +198,21 @@ class Declaration:
 
 
 def declare(name: str, *, study: str, cls: str, hparams: Sequence[Hp] = (), help: str = "",
-            extends: Optional[str] = None) -> Declaration:
-    """Declare an algorithm; assign the result to a module-level ``DECLARATION``."""
+            extends: Optional[str] = None,
+            shares: Optional[Mapping[str, Sequence[str]]] = None) -> Declaration:
+    """Declare an algorithm; assign the result to a module-level ``DECLARATION``.
+
+    ``extends``: read every hparam of that algorithm too; ``shares``: {algorithm: [names]},
+    read those hparams of other algorithms (same declaration, declared once)."""
     if not name or name != name.lower():
         raise ValueError(f"algorithm names must be non-empty lowercase, got {name!r}")
     names = [h.name for h in hparams]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"declaration {name!r} declares hparam {dup[0]!r} twice")
+    shared = tuple((k, tuple(v)) for k, v in (shares or {}).items())
     return Declaration(name=name, study=study, cls=cls, hparams=tuple(hparams), help=help,
-                       extends=extends)
+                       extends=extends, shares=shared)
 
 
 _NAMESPACE = {"declare": declare, "Hp": Hp, "int": int, "float": float, "bool": bool,
@@ -287,5 +313,14 @@ def hparam_table(decl: Declaration, by_name: Mapping[str, Declaration],
         cur = by_name[cur.extends]
     table = {h.name: h for h in common}
     for d in reversed(chain):
+        for other, names in d.shares:
+            if other not in by_name:
+                raise ParamsError(f"{d.path}: {d.name!r} shares hparams of unknown algorithm "
+                                  f"{other!r}")
+            theirs = {h.name: h for h in by_name[other].hparams}
+            missing = [n for n in names if n not in theirs]
+            if missing:
+                raise ParamsError(f"{d.path}: {other!r} declares no hparam {missing[0]!r}")
+            table.update({n: theirs[n] for n in names})
         table.update({h.name: h for h in d.hparams})
     return table

@@ -5,7 +5,7 @@ minibatches, and gradients are averaged across ranks by a pre-step hook on the a
 optimizer, so any algorithm that owns ``self.optimizer`` trains data-parallel unchanged.
 Rank 0 evaluates, writes records and checkpoints; the others wait at a barrier.
 
-    torchrun --nproc_per_node 4 -m moebench.cli.train --dataset pacs ... --device cuda
+    torchrun --nproc_per_node 4 -m moebench.cli.dg.train --dataset pacs ... --device cuda
 """
 from __future__ import annotations
 

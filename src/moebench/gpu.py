@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import IO
 
+from moebench.errors import RunError
+
 log = logging.getLogger(__name__)
 _HELD: list[IO[str]] = []  # open lock files: the claims last as long as the process
 
@@ -51,7 +53,7 @@ def claim_gpu(jobs_per_gpu: int = 1, lock_dir: Path | None = None,
     if len(gpus) <= 1:
         return gpus[0] if gpus else None
     if jobs_per_gpu < 1:
-        raise ValueError(f"jobs_per_gpu must be >= 1, got {jobs_per_gpu}")
+        raise RunError(f"jobs_per_gpu must be >= 1, got {jobs_per_gpu}")
     root = Path(lock_dir) if lock_dir else default_lock_dir()
     root.mkdir(parents=True, exist_ok=True)
     slots = [(gpu, k) for k in range(jobs_per_gpu) for gpu in gpus]  # spread before sharing
@@ -69,6 +71,6 @@ def claim_gpu(jobs_per_gpu: int = 1, lock_dir: Path | None = None,
             log.info("claimed GPU %s (slot %d of %d)", gpu, k, jobs_per_gpu)
             return gpu
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no free GPU slot among {len(slots)} after {timeout_s:.0f} s "
+            raise RunError(f"no free GPU slot among {len(slots)} after {timeout_s:.0f} s "
                                f"(locks in {root}); is --resources gpu larger than GPUs x jobs_per_gpu?")
         time.sleep(0.5 + random.random())

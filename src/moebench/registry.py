@@ -1,17 +1,19 @@
 """Name -> class/builder registries shared by the whole library.
 
-Every pluggable piece (algorithms, routers, datasets, backbones) registers itself under a
-lowercase name. Duplicates raise; an unknown name raises with the list of valid names, so a
+Every pluggable piece (routers, datasets, backbones) registers itself under a lowercase
+name (algorithms are declared instead: :mod:`moebench.declare`). Duplicates raise; an unknown name raises with the list of valid names, so a
 typo in params is reported in one line before any job starts.
 """
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from moebench.errors import MoebenchError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(MoebenchError, KeyError):
     """Raised for a name that is not registered; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -26,7 +28,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@ALGORITHMS.register("erm")``."""
+        """Decorator: ``@ROUTERS.register("topk")``."""
         if name != name.lower() or not name:
             raise ValueError(f"{self.kind} names must be non-empty lowercase, got {name!r}")
 
@@ -58,7 +60,6 @@ class Registry(Generic[T]):
         return len(self._entries)
 
 
-ALGORITHMS: Registry = Registry("algorithm")
 ROUTERS: Registry = Registry("router")
 DATASETS: Registry = Registry("dataset")
 BACKBONES: Registry = Registry("backbone")

@@ -23,7 +23,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from moebench.errors import RunError
+from moebench.errors import DataError, RunError
 from moebench.io import atomic_write, atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -36,21 +36,29 @@ def run_hash(identity: Mapping[str, Any], length: int = 16) -> str:
     return hashlib.md5(blob.encode("utf-8")).hexdigest()[:length]
 
 
+class RecordError(DataError):
+    """A record or records file that cannot be used; the message names the file and key."""
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a cut last line (a run killed mid-write) is skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    out = []
-    for i, line in enumerate(lines):
+    """Parse a JSON-lines file; a truncated *last* line (a run killed mid-write) is skipped
+    with a warning, a bad line anywhere else is an error."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                log.warning("%s: skipping a cut last line", path)
-                continue
-            raise RunError(f"{path}:{i + 1}: not a JSON record") from None
-    return out
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                log.warning("%s: skipping truncated last line %d (%s)", path, number, exc.msg)
+                break
+            raise RecordError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
+    return rows
 
 
 def rng_state() -> dict[str, Any]:

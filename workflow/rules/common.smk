@@ -1,47 +1,30 @@
-# Validation, the sweep grid and shared values. Everything here runs when the workflow is
-# parsed, so bad params stop the run with one line before any job starts.
+# Shared by every study: the interpreter, params files, one-line params errors, the studies
+# to run and the registries of each study's tables and figures. Runs while Snakemake parses.
 import sys
-from pathlib import Path
 
-from snakemake.utils import validate
-
-from moebench.config import ParamsError, validate_params
-from moebench.hparams import HparamsError
-from moebench.sweep import batch_runs, enumerate_runs, write_plan
+from moebench.config import check_studies
+from moebench.errors import MoebenchError
 
 PY = f"{sys.executable} -m"
+SCHEMAS = workflow.basedir + "/workflow/schemas"
 # params files in merge order: the workflow's own, then --configfile overrides (which win)
 _OVERRIDES = [str(f) for f in workflow.overwrite_configfiles]
 PARAM_FILES = [str(f) for f in workflow.configfiles if str(f) not in _OVERRIDES] + _OVERRIDES
 
 
-def _fail(message):
+def fail(message):
     # One line, no traceback, before any job starts.
     print(f"moebench: params error: {message}", file=sys.stderr)
     sys.exit(1)
 
 
 try:
-    validate_params(config, workflow.basedir + "/workflow/schemas", PARAM_FILES)
-    for _section in ("sweep", "datasets", "hparams", "report"):
-        validate(config[_section], f"../schemas/{_section}.schema.yaml")  # fills schema defaults
-    RUNS = enumerate_runs(config)
-except (ParamsError, HparamsError, ValueError) as exc:
-    _fail(exc)
-
-SWEEP = config["sweep"]
-# tiny jobs run in the Snakemake process itself, never as cluster jobs
-localrules: plan, collect, tables, data_all, train_all
-RUNS_ROOT = SWEEP["runs_root"]
-BATCHES = batch_runs(RUNS, SWEEP["runs_per_job"])
-PLAN = "results/sweep/plan.json"
-DATA_PATHS = {ds: config["datasets"][ds]["path"] for ds in SWEEP["datasets"]}
-
-
-def batch_marker(key):
-    return f"{RUNS_ROOT}/{key}.done"
-
-
-def batch_run_ids(wildcards):
-    key = f"{wildcards.dataset}/{wildcards.algorithm}/{wildcards.batch}"
-    return [run.run_id for run in BATCHES[key]]
+    STUDIES = check_studies(config, PARAM_FILES)
+except MoebenchError as exc:
+    fail(exc)
+PLUGINS = list(config.get("plugins") or [])
+# each study's rule file registers what the final `results/tables` rule gathers:
+STUDY_TABLES = {}   # study -> table folder(s) copied into results/tables/
+STUDY_FIGURES = {}  # study -> figure files results/tables depends on
+STUDY_HEADLINES = {}  # study -> headline JSON files merged into results/tables/metrics/
+STUDY_TARGETS = {"data": {}, "train": {}, "search": {}}  # stage -> study -> files (DVC stages)

@@ -1,110 +1,37 @@
-# Figures (PNG + PDF + the CSV each is drawn from), attention maps and the ours-vs-paper
-# table. PNGs and the comparison CSV go into `snakemake --report results/report.html`.
-import shlex
-
-FIG = "results/figures"
-FIG_SEL = config["report"]["figures_selection"]
-FIG_DATASETS = list(SWEEP["datasets"])
-FIG_KINDS = {"accuracy": "Accuracy per test domain", "curves": "Accuracy vs step",
-             "expert_load": "Expert load"}
+# Every study's tables in one folder: results/tables/ (what `snakemake results/tables`
+# builds), with the compact DVC metrics of each study under results/tables/metrics/.
+# It depends on every study's figures too, so the one target builds the whole product.
 
 
-def fig_stem(kind, dataset):
-    return f"{FIG}/curves_{dataset}" if kind == "curves" else f"{FIG}/{kind}_{FIG_SEL}_{dataset}"
-
-
-def fig_png(kind, dataset):
-    return report(fig_stem(kind, dataset) + ".png", caption=f"../report/{kind}.rst",
-                  category="Figures", subcategory=FIG_KINDS[kind],
-                  labels={"figure": FIG_KINDS[kind], "dataset": dataset})
-
-
-def attention_run(entry):
-    """(batch key, run) drawn for {dataset, algorithm}: test env 0 alone, first trial seed,
-    hparams seed 0."""
-    want = (entry["dataset"], entry["algorithm"], (0,), SWEEP["trial_seeds"][0], 0)
-    for key, runs in BATCHES.items():
-        for run in runs:
-            if (run.dataset, run.algorithm, tuple(run.test_envs), run.trial_seed,
-                    run.hparams_seed) == want:
-                return key, run
-    _fail(f"report.attention: the sweep has no {entry['algorithm']} run on "
-          f"{entry['dataset']} with test env 0 alone")
-
-
-# entries for datasets or algorithms outside this sweep are skipped (paper configs set theirs)
-ATTENTION = {f"{a['dataset']}/{a['algorithm']}": attention_run(a)
-             for a in config["report"]["attention"]
-             if a["dataset"] in SWEEP["datasets"] and a["algorithm"] in SWEEP["algorithms"]}
-SAVE_MODEL_BATCHES = {key for key, _ in ATTENTION.values()}
-
-
-rule figures:
+rule tables:
     input:
-        "results/records.jsonl",
+        tables=[p for study in STUDIES for p in STUDY_TABLES[study]],
+        figures=[f for study in STUDIES for f in STUDY_FIGURES[study]],
     output:
-        png=[fig_png(kind, ds) for kind in FIG_KINDS for ds in FIG_DATASETS],
-        bubble=report(f"{FIG}/bubble_{FIG_SEL}.png", caption="../report/bubble.rst",
-                      category="Figures", subcategory="Accuracy vs cost",
-                      labels={"figure": "Accuracy vs step time and memory", "dataset": "all"}),
-        other=[f"{fig_stem(kind, ds)}.{ext}" for kind in FIG_KINDS for ds in FIG_DATASETS
-               for ext in ("pdf", "csv")]
-        + [f"{FIG}/bubble_{FIG_SEL}.{ext}" for ext in ("pdf", "csv")],
+        directory("results/tables"),
     params:
-        order=" ".join(config["report"]["algorithm_order"]),
+        headlines=" ".join(h for study in STUDIES for h in STUDY_HEADLINES.get(study, [])),
     log:
-        "results/logs/figures.log",
+        "results/logs/tables.log",
     shell:
-        "{PY} moebench.cli.figures --records {input} --out {FIG} --selection {FIG_SEL} "
-        "--algorithm-order {params.order} > {log} 2>&1"
+        "{PY} moebench.cli.assemble --sources {input.tables} --headlines {params.headlines} "
+        "--out {output} > {log} 2>&1"
 
 
-rule attention:
+# the coarse stages DVC runs (dvc.yaml): every study's data, training, supernet search
+rule data_all:
     input:
-        marker=lambda wc: batch_marker(ATTENTION[f"{wc.dataset}/{wc.algorithm}"][0]),
-        data=lambda wc: DATA_PATHS[wc.dataset],
-    output:
-        png=report(FIG + "/attention_{dataset}_{algorithm}.png",
-                   caption="../report/attention.rst", category="Figures",
-                   subcategory="Attention maps",
-                   labels={"figure": "Attention maps", "dataset": "{dataset}",
-                           "algorithm": "{algorithm}"}),
-        pdf=FIG + "/attention_{dataset}_{algorithm}.pdf",
-        csv=FIG + "/attention_{dataset}_{algorithm}.csv",
-    params:
-        model=lambda wc: ATTENTION[f"{wc.dataset}/{wc.algorithm}"][1].run_dir(RUNS_ROOT) / "model.pt",
-    wildcard_constraints:
-        dataset="|".join(FIG_DATASETS),
-        algorithm="|".join(SWEEP["algorithms"]),
-    log:
-        "results/logs/figures/attention_{dataset}_{algorithm}.log",
-    shell:
-        "{PY} moebench.cli.figures --model {params.model} --data {input.data} --out {FIG} "
-        "> {log} 2>&1"
+        [f for study in STUDIES for f in STUDY_TARGETS["data"].get(study, [])],
 
 
-rule paper_table:
+rule train_all:
     input:
-        records="results/records.jsonl",
-        paper=config["report"]["paper_numbers"],
-    output:
-        csv=report("results/paper/ours_vs_paper.csv", caption="../report/paper.rst",
-                   category="Tables", labels={"table": "ours vs paper"}),
-        md="results/paper/ours_vs_paper.md",
-        tex="results/paper/ours_vs_paper.tex",
-    params:
-        # records carry no sweep name yet: a sweep named *reduced* marks every row of ours
-        reduced=(f"--reduced-label {shlex.quote(SWEEP['name'])}"
-                 if "reduced" in SWEEP["name"].lower() else ""),
-    log:
-        "results/logs/paper_table.log",
-    shell:
-        "{PY} moebench.cli.compare --records {input.records} --paper {input.paper} "
-        "--out results/paper --quiet {params.reduced} > {log} 2>&1"
+        [f for study in STUDIES for f in STUDY_TARGETS["train"].get(study, [])],
 
 
-rule figures_all:
+rule search_all:
     input:
-        rules.figures.output,
-        [f"{FIG}/attention_{key.replace('/', '_')}.png" for key in ATTENTION],
-        rules.paper_table.output,
+        [f for study in STUDIES for f in STUDY_TARGETS["search"].get(study, [])],
+
+
+localrules: tables, data_all, train_all, search_all

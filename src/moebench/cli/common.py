@@ -6,6 +6,8 @@ import logging
 import sys
 from typing import Any, Callable, NoReturn, Sequence
 
+from moebench.errors import UsageError
+
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
@@ -17,10 +19,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_main(body: Callable[[], int], prog: str) -> int:
-    """Run a CLI body; expected errors become one line on stderr and exit code 2."""
+    """Run a CLI body; a user-facing error (:class:`~moebench.errors.MoebenchError`) becomes
+    one line on stderr and exit code 2; every other exception is a bug and keeps its
+    traceback."""
+    from moebench.errors import MoebenchError
+
     try:
         return body()
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as exc:
+    except MoebenchError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -33,7 +39,7 @@ def run_cli(argv: Sequence[str] | None, parse: Callable[[Any], argparse.Namespac
     return run_main(lambda: body(args), prog)
 
 
-class ArgumentError(Exception):
+class ArgumentError(UsageError):
     """A bad command line, reported as one line instead of argparse's usage + exit."""
 
 
@@ -46,7 +52,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_records_source(parser: argparse.ArgumentParser) -> Any:
     """``--records FILE | --input_dir DIR`` (required, exclusive); returns the group so a CLI
-    can add more alternatives. Read them with ``moebench.reporting.records.load_records_input``."""
+    can add more alternatives. Read them with ``moebench.dg.reporting.records.load_records_input``."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--records", metavar="FILE", help="records.jsonl written by cli.collect")
     src.add_argument("--input_dir", "--input-dir", dest="input_dir", metavar="DIR",

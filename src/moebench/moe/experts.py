@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moebench.moe import backend
 from moebench.moe.fused_ffn import act_kind, fused_ffn
 from moebench.moe.grad_cache import GradBufferCache
 from moebench.moe.grouped import gather_linear, linear_scatter
@@ -108,6 +109,7 @@ class BatchedExperts(nn.Module):
         if x.shape[0] == 0:
             return x.new_zeros(0, self.out_features)
         params = self.per_expert_params()
+        backend.note("torch", sum(1 for c in counts if c > 0))
         outs = [self.expert_forward(e, seg, params[e])
                 for e, seg in enumerate(torch.split(x, counts)) if counts[e] > 0]
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

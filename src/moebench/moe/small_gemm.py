@@ -36,6 +36,7 @@ MAX_ROWS = 512
 
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
+_why = ""
 
 
 def _cpu_ok() -> bool:
@@ -77,15 +78,20 @@ def build(directory: Optional[Path] = None) -> Path:
 
 
 def _load() -> Optional[ctypes.CDLL]:
-    global _lib, _tried
+    global _lib, _tried, _why
     if _tried:
         return _lib
     _tried = True
-    if os.environ.get("MOEBENCH_SMALL_GEMM", "1") == "0" or not _cpu_ok():
+    if os.environ.get("MOEBENCH_SMALL_GEMM", "1") == "0":
+        _why = "MOEBENCH_SMALL_GEMM=0"
+        return None
+    if not _cpu_ok():
+        _why = "needs Linux x86_64 with AVX-512"
         return None
     try:
         lib = ctypes.CDLL(str(build()))
     except (RuntimeError, OSError) as err:
+        _why = str(err)
         warnings.warn(f"moebench small-row GEMM kernels unavailable, using torch: {err}",
                       RuntimeWarning, stacklevel=3)
         return None
@@ -102,13 +108,23 @@ def available() -> bool:
     return _load() is not None
 
 
+def unavailable_reason() -> str:
+    """Why :func:`available` is False ("" when it is True)."""
+    _load()
+    return _why
+
+
 def usable(rows: int, *tensors: Tensor) -> bool:
     """Whether a GEMM with ``rows`` rows per expert over these tensors goes to the kernels:
-    fp32 CPU tensors, unit stride in the last dimension, feature sizes multiples of 16."""
-    if rows > MAX_ROWS or not available():
-        return False
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1
-               and t.shape[-1] % 16 == 0 for t in tensors)
+    fp32 CPU tensors, unit stride in the last dimension, feature sizes multiples of 16, and
+    a ``moe_backend`` (:mod:`moebench.moe.backend`) other than ``torch``. Counts the choice."""
+    from moebench.moe import backend
+
+    ok = (backend.get_backend() != "torch" and rows <= MAX_ROWS and available()
+          and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1
+                  and t.shape[-1] % 16 == 0 for t in tensors))
+    backend.note("native" if ok else "torch")
+    return ok
 
 
 def _check(code: int, name: str) -> None:

@@ -1,0 +1,1 @@
+"""Command-line stages of the DomainBed study."""

@@ -1,0 +1,137 @@
+"""Ours-vs-paper table as CSV, GitHub markdown and a LaTeX fragment (a booktabs tabular).
+
+Numbers in percent with one decimal as in the tables; ours ``mean ± se`` over trial seeds;
+blank where we have no run; paper ``n/a`` where no published number exists; a reduced run's
+number carries a dagger (markdown, LaTeX) and its label in the ``reduced`` column (CSV).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Sequence
+
+from moebench.io import atomic_write_text
+from moebench.dg.reporting.paper import AVG, Comparison
+from moebench.dg.reporting.render import latex_escape
+
+CSV_HEADER = ["dataset", "test_domain", "selection", "algorithm", "ours", "ours_mean",
+              "ours_err", "ours_n", "ours_steps", "reduced", "paper", "paper_mean",
+              "paper_err", "paper_row", "diff", "source", "source_table", "source_commit",
+              "verified"]
+DAGGER = "†"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def ours_text(row: Comparison, pm: str = "±") -> str:
+    """``mean ± se`` (or just the mean of a cross-dataset average); empty when missing."""
+    if row.ours_mean is None:
+        return ""
+    if row.ours is None or row.ours.err is None:
+        return _num(row.ours_mean)
+    return f"{row.ours_mean:.1f} {pm} {row.ours.err:.1f}"
+
+
+def paper_text(row: Comparison, pm: str = "±") -> str:
+    """``mean ± err`` as printed, ``mean`` without an error, ``n/a`` without a number."""
+    if row.paper is None:
+        return "n/a"
+    if row.paper.err is None:
+        return _num(row.paper.mean)
+    return f"{row.paper.mean:.1f} {pm} {row.paper.err:.1f}"
+
+
+def diff_text(row: Comparison) -> str:
+    """Signed difference ours - paper with one decimal; empty when either is missing."""
+    return "" if row.diff is None else f"{row.diff:+.1f}"
+
+
+def domain_text(row: Comparison) -> str:
+    """The test-domain label; ``Avg``; or ``Avg over <datasets>`` for a cross-dataset mean."""
+    if row.paper is not None and row.paper.average_over:
+        return "Avg over " + ", ".join(row.paper.average_over)
+    return "Avg" if row.domain == AVG else row.domain
+
+
+def comparison_csv(rows: Sequence[Comparison]) -> str:
+    """One line per row with every field (sources in full)."""
+    out = [CSV_HEADER]
+    for r in rows:
+        p = r.paper
+        out.append([
+            r.dataset, domain_text(r), r.selection, r.algorithm, ours_text(r), _num(r.ours_mean),
+            _num(r.ours.err) if r.ours and r.ours_mean is not None else "",
+            len(r.ours.values) if r.ours else "", r.steps or "", r.reduced, paper_text(r),
+            _num(p.mean) if p else "", _num(p.err) if p else "", p.label if p else "",
+            diff_text(r), p.source["paper"] if p else "", p.source["table"] if p else "",
+            p.source["commit"] if p else "", str(p.source.get("verified", "")) if p else ""])
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(out)
+    return buffer.getvalue()
+
+
+def _short(row: Comparison) -> str:
+    if row.paper is None:
+        return "no published number"
+    src = row.paper.source
+    short = str(src.get("short") or src["paper"])
+    return short + ("" if src.get("verified", True) else " (unverified)")
+
+
+def _cells(row: Comparison, pm: str) -> list[str]:
+    ours = ours_text(row, pm) + (f" {DAGGER}" if row.reduced and row.ours_mean is not None else "")
+    paper_row = row.paper.label if row.paper else ""
+    return [row.dataset, domain_text(row), row.selection, row.algorithm, ours,
+            paper_text(row, pm), paper_row, diff_text(row), _short(row)]
+
+
+MD_HEADER = ["Dataset", "Test domain", "Selection", "Algorithm", "Ours", "Paper", "Paper row",
+             "Diff", "Source"]
+
+
+def _footnotes(rows: Sequence[Comparison]) -> list[str]:
+    labels = sorted({r.reduced for r in rows if r.reduced and r.ours_mean is not None})
+    notes = [f"{DAGGER} reduced run ({label}): not the paper's budget." for label in labels]
+    return notes + ["Ours: mean ± standard error over trial seeds of the selected models "
+                    "(DomainBed's Averages table for Avg). Diff = ours - paper. "
+                    "Blank: no run of ours; n/a: no published number."]
+
+
+def comparison_markdown(rows: Sequence[Comparison]) -> str:
+    """A markdown table with a heading and footnotes."""
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    out = ["### Ours vs paper", "", line(MD_HEADER), "|" + ":---|" * 4 + "---:|---:|:---|---:|:---|"]
+    out += [line(_cells(r, "±")) for r in rows]
+    out += [""] + _footnotes(rows)
+    return "\n".join(out) + "\n"
+
+
+def comparison_latex(rows: Sequence[Comparison]) -> str:
+    """A LaTeX fragment (needs booktabs): ``\\begin{tabular} ... \\end{tabular}``."""
+    header = [f"\\textbf{{{h}}}" for h in MD_HEADER]
+    lines = ["% Ours vs paper (generated by moebench.cli.dg.compare); needs \\usepackage{booktabs}",
+             "\\begin{tabular}{llll" + "cc" + "lrl}", "\\toprule", " & ".join(header) + " \\\\",
+             "\\midrule"]
+    for r in rows:
+        cells = [latex_escape(c) for c in _cells(r, "+/-")]
+        cells[4] = cells[4].replace("+/-", "$\\pm$").replace(DAGGER, "$^\\dagger$")
+        cells[5] = cells[5].replace("+/-", "$\\pm$")
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += [f"% {note}" for note in _footnotes(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(rows: Sequence[Comparison], out_dir: str | os.PathLike[str],
+                     stem: str = "ours_vs_paper") -> list[Path]:
+    """Write ``<stem>.csv``, ``<stem>.md`` and ``<stem>.tex`` atomically under ``out_dir``."""
+    out = Path(out_dir)
+    return [atomic_write_text(out / f"{stem}.csv", comparison_csv(rows)),
+            atomic_write_text(out / f"{stem}.md", comparison_markdown(rows)),
+            atomic_write_text(out / f"{stem}.tex", comparison_latex(rows))]

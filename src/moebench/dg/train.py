@@ -1,0 +1,269 @@
+"""DomainBed training protocol for one run: splits, sampling, update loop, evaluation, records.
+
+Per run directory: ``spec.json`` (the run identity), ``results.jsonl`` (one DomainBed record per
+checkpoint, written line by line), ``checkpoint.pt`` (resume point, atomic) and ``done``.
+A run killed at any point and started again resumes from its last checkpoint and produces
+the same records (timing fields aside) as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from moebench.device import autocast, peak_memory_gb, resolve_device  # noqa: F401 (re-export)
+from moebench.distributed import World, average_gradients
+from moebench.dg.sweep import RunSpec
+from moebench.errors import RunError
+from moebench.hparams import seed_hash
+from moebench.io import atomic_write
+from moebench.moe import backend
+from moebench.runs import RunState, diverged_record, is_finite, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+EVAL_BATCH_SIZE = 64
+
+
+def split_env(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """DomainBed's split_dataset: a seeded permutation; first ``int(n*f)`` are 'out', rest 'in'."""
+    perm = np.random.RandomState(seed).permutation(n)
+    n_out = int(n * holdout_fraction)
+    return perm[n_out:], perm[:n_out]
+
+
+def fetch(dataset: torch.utils.data.Dataset, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``idx`` of an env as (x [B, C, H, W], y [B]); fast path for TensorDatasets."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return dataset.tensors[0][t], dataset.tensors[1][t]
+    items = [dataset[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+class Splits:
+    """Per-environment in/out index splits and deterministic minibatch sampling."""
+
+    def __init__(self, envs: Sequence[torch.utils.data.Dataset], spec: RunSpec) -> None:
+        self.envs = list(envs)
+        self.spec = spec
+        self.ins, self.outs = [], []
+        for i, env in enumerate(self.envs):
+            idx_in, idx_out = split_env(len(env), spec.holdout_fraction, seed_hash(spec.trial_seed, i))
+            self.ins.append(idx_in)
+            self.outs.append(idx_out)
+        self.train_envs = [i for i in range(len(self.envs)) if i not in spec.test_envs]
+
+    def minibatches(self, step: int, batch_size: int, device: torch.device,
+                    world: World = World()) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One minibatch per training env, sampled with replacement, seeded by (seed, env, step).
+
+        Under data parallelism rank r takes rows r, r + size, ... of each minibatch.
+        """
+        batches = []
+        for i in self.train_envs:
+            rng = np.random.RandomState(seed_hash(self.spec.seed, i, step))
+            idx = self.ins[i][rng.randint(len(self.ins[i]), size=batch_size)][world.rank :: world.size]
+            x, y = fetch(self.envs[i], idx)
+            batches.append((x.to(device), y.to(device)))
+        return batches
+
+    def steps_per_epoch(self, batch_size: int) -> float:
+        return min(len(idx) / batch_size for idx in self.ins)
+
+
+@torch.no_grad()
+def accuracy(algorithm: Any, env: torch.utils.data.Dataset, idx: np.ndarray, device: torch.device, seed: int) -> float:
+    """Accuracy on rows ``idx``, evaluated in a seeded shuffled order, batches of 64."""
+    if len(idx) == 0:
+        return float("nan")
+    order = idx[np.random.RandomState(seed).permutation(len(idx))]
+    correct = 0
+    algorithm.eval()
+    for k in range(0, len(order), EVAL_BATCH_SIZE):
+        x, y = fetch(env, order[k : k + EVAL_BATCH_SIZE])
+        logits = algorithm.predict(x.to(device))
+        correct += int((logits.argmax(1).cpu() == y).sum())
+    algorithm.train()
+    return correct / len(order)
+
+
+def run_args(spec: RunSpec, run_dir: Path, data_path: str) -> dict[str, Any]:
+    """DomainBed's ``args`` dict for a record (paths included here, never in the identity)."""
+    return {
+        "dataset": spec.dataset, "algorithm": spec.algorithm, "test_envs": list(spec.test_envs),
+        "hparams_seed": spec.hparams_seed, "trial_seed": spec.trial_seed, "seed": spec.seed,
+        "steps": spec.steps, "checkpoint_freq": spec.checkpoint_freq,
+        "holdout_fraction": spec.holdout_fraction, "task": "domain_generalization",
+        "output_dir": str(run_dir), "data_dir": str(data_path), "run_id": spec.run_id,
+    }
+
+
+def evaluate_all(algorithm: Any, splits: Splits, device: torch.device, seed: int) -> dict[str, float]:
+    """``env{i}_in_acc`` and ``env{i}_out_acc`` for every environment."""
+    accs = {}
+    for i, env in enumerate(splits.envs):
+        accs[f"env{i}_in_acc"] = accuracy(algorithm, env, splits.ins[i], device, seed_hash(seed, i, "in"))
+        accs[f"env{i}_out_acc"] = accuracy(algorithm, env, splits.outs[i], device, seed_hash(seed, i, "out"))
+    return accs
+
+
+def build_algorithm(spec: RunSpec, dataset: Any, device: torch.device,
+                    plugins: Sequence[str] = ()) -> Any:
+    """Seed everything from the run seed and construct the declared algorithm."""
+    from moebench.dg.algorithms import algorithm_class
+
+    bad = [e for e in spec.test_envs if not 0 <= e < len(dataset.envs)]
+    if bad:
+        raise RunError(f"test env {bad[0]} out of range for {spec.dataset} "
+                       f"({len(dataset.envs)} environments)")
+    np.random.seed(spec.seed % 2**32)
+    torch.manual_seed(spec.seed)
+    cls = algorithm_class(spec.algorithm, plugins)
+    n_domains = len(dataset.envs) - len(spec.test_envs)
+    algorithm = cls(dataset.input_shape, dataset.num_classes, n_domains, dict(spec.hparams),
+                    n_steps=spec.steps)
+    return algorithm.to(device)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How (not what) to train: these never change a run's identity.
+
+    world: data-parallel ranks (see moebench.distributed); save_model: keep ``model.pt``
+    (the trained network's state dict) when the run is done; progress: tqdm bar
+    (None = only on a terminal); plugins: extra algorithm modules (params ``plugins``).
+    """
+
+    world: World = World()
+    save_model: bool = False
+    progress: bool | None = None
+    plugins: tuple[str, ...] = ()
+
+
+def checkpoint_record(algorithm: Any, spec: RunSpec, splits: Splits,
+                      window: Mapping[str, list[float]], step: int, device: torch.device,
+                      extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The DomainBed record of one checkpoint (averages over the window since the last one)."""
+    record: dict[str, Any] = {key: float(np.mean(vals)) for key, vals in window.items()}
+    with autocast(spec.precision, device):
+        record.update(evaluate_all(algorithm, splits, device, spec.seed))
+    batch_size = int(spec.hparams["batch_size"])
+    record.update(step=step, epoch=step / splits.steps_per_epoch(batch_size),
+                  mem_gb=peak_memory_gb(device), hparams=dict(spec.hparams),
+                  test_envs=list(spec.test_envs), routing=algorithm.routing_stats(reset=True),
+                  moe_backend=backend.used(), **extra)
+    return record
+
+
+def _restore(state: RunState, algorithm: Any, truncate: bool) -> int:
+    """Load the run's checkpoint into ``algorithm`` (and the RNGs); the first step to run."""
+    saved = state.load(truncate=truncate)
+    if saved is None:
+        return 0
+    algorithm.load_checkpoint_state(saved["algorithm"])
+    set_rng_state(saved["rng"])
+    return int(saved["step"]) + 1
+
+
+def _progress(spec: RunSpec, start: int, options: RunOptions) -> Any:
+    from tqdm import tqdm
+
+    disable = True if not options.world.is_main else (
+        None if options.progress is None else not options.progress)
+    return tqdm(range(start, spec.steps), desc=f"{spec.algorithm}/{spec.dataset} "
+                f"{list(spec.test_envs)}", disable=disable, leave=False)
+
+
+def train_run(spec: RunSpec, dataset: Any, data_path: str, run_dir: str | Path,
+              device: torch.device, options: RunOptions = RunOptions()) -> Path:
+    """Train one run under the DomainBed protocol; returns its run directory.
+
+    Skips a run that is already ``done``; resumes one that has a checkpoint. A non-finite
+    loss ends the run at that step with a record holding ``"diverged": true`` (and ``done``).
+    """
+    run_dir, world = Path(run_dir), options.world
+    state = RunState(run_dir)
+    if state.is_done():
+        log.info("done already: %s", run_dir)
+        return run_dir
+    if world.is_main:
+        state.start(spec.identity())
+    world.barrier()
+    algorithm = build_algorithm(spec, dataset, device, options.plugins)
+    average_gradients(algorithm.optimizer, world)
+    start = _restore(state, algorithm, truncate=world.is_main)
+    splits = Splits(dataset.envs, spec)
+    extra = {"args": run_args(spec, run_dir, data_path), "dataset": spec.dataset,
+             "algorithm": spec.algorithm, "environments": list(dataset.environments)}
+    backend.used(reset=True)                # count only this run's expert kernels
+    window: dict[str, list[float]] = {}
+    for step in _progress(spec, start, options):
+        t0 = time.time()
+        with autocast(spec.precision, device):
+            out = algorithm.update(splits.minibatches(step, int(spec.hparams["batch_size"]),
+                                                      device, world))
+        window.setdefault("step_time", []).append(time.time() - t0)
+        for key, value in out.items():
+            window.setdefault(key, []).append(float(value))
+        if not is_finite(out.get("loss")):
+            if world.is_main:
+                record = checkpoint_record(algorithm, spec, splits, window, step, device, extra)
+                state.append(diverged_record(record, step, out.get("loss")))
+            break
+        if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
+            if world.is_main:
+                _checkpoint(state, algorithm, spec, splits, window, step, device, extra)
+            world.barrier()
+            window = {}
+    if world.is_main:
+        state.finish(_model_saver(algorithm) if options.save_model else None)
+    world.barrier()
+    return run_dir
+
+
+def _checkpoint(state: RunState, algorithm: Any, spec: RunSpec, splits: Splits,
+                window: Mapping[str, list[float]], step: int, device: torch.device,
+                extra: Mapping[str, Any]) -> None:
+    """Evaluate, append the record, save the resume point, log one line."""
+    record = checkpoint_record(algorithm, spec, splits, window, step, device, extra)
+    state.append(record)
+    state.save({"algorithm": algorithm.checkpoint_state(), "rng": rng_state()}, step)
+    log.info("%s step %d loss %.4f %s", state.dir.name, step, record.get("loss", float("nan")),
+             " ".join(f"{k[:-4]}={v:.3f}" for k, v in record.items() if k.endswith("_acc")))
+
+
+def _model_saver(algorithm: Any) -> Any:
+    net = getattr(algorithm, "network", algorithm)
+    return lambda run_dir: atomic_write(run_dir / "model.pt",
+                                        lambda fh: torch.save(net.state_dict(), fh))
+
+
+def train_batch(plan: Mapping[str, Any], batch_key: str, device: torch.device,
+                options: RunOptions = RunOptions()) -> list[Path]:
+    """Train every run of one plan batch in this process (loading its dataset once)."""
+    from dataclasses import replace
+
+    from moebench.dg.datasets import load_dataset
+
+    if batch_key not in plan["batches"]:
+        raise RunError(f"batch {batch_key!r} is not in the sweep plan")
+    if plan.get("plugins") and not options.plugins:
+        options = replace(options, plugins=tuple(plan["plugins"]))
+    entries = plan["batches"][batch_key]
+    dirs = []
+    datasets: dict[str, Any] = {}
+    for n, entry in enumerate(entries, 1):
+        spec = RunSpec.from_dict(entry["spec"])
+        data_path = plan["data_paths"][spec.dataset]
+        if spec.dataset not in datasets:
+            datasets[spec.dataset] = load_dataset(spec.dataset, data_path)
+        log.info("run %d/%d of %s: %s test_envs=%s trial=%d", n, len(entries), batch_key,
+                 entry["run_id"], list(spec.test_envs), spec.trial_seed)
+        dirs.append(train_run(spec, datasets[spec.dataset], data_path, entry["run_dir"], device,
+                              options))
+    return dirs
