@@ -1,11 +1,13 @@
 # moebench workflow: every study's data -> train -> collect -> tables and figures.
 # Run: snakemake --cores 2 results/tables    (params/*.yaml; override with --configfile)
-# Studies (params/studies.yaml): dg = DomainBed (GMoE, MASS, MoDE, Soft-MoE, ERM).
+# Studies (params/studies.yaml): dg = DomainBed (GMoE, MASS, MoDE, Soft-MoE, ERM);
+# glue = MASS on BERT vs dense and GMoE-style MoE.
 configfile: "params/studies.yaml"
 configfile: "params/dg/sweep.yaml"
 configfile: "params/dg/datasets.yaml"
 configfile: "params/dg/hparams.yaml"
 configfile: "params/report.yaml"
+configfile: "params/glue/glue.yaml"
 
 
 include: "workflow/rules/common.smk"

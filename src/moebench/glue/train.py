@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moebench.device import peak_memory_gb
 from moebench.glue.batches import Encoded, batch_slices, collate, epoch_order
 from moebench.glue.metrics import metric_values, task_score
 from moebench.glue.params import GlueRun, declarations
+from moebench.moe import backend
 from moebench.runs import RunState, diverged_record, is_finite, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -61,18 +62,6 @@ class Tracker:
             self.bad += 1
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = CUDA when present, else CPU."""
-    from moebench.errors import UsageError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def plan_steps(n_train: int, hparams: Mapping[str, Any]) -> tuple[int, int]:
     """(steps per epoch, planned steps T)."""
     per_epoch = math.ceil(n_train / int(hparams["batch_size"]))
@@ -95,22 +84,6 @@ def build_method(run: GlueRun, num_labels: int, n_steps: int, device: torch.devi
     if hf is None:
         hf = load_classifier(run.model, num_labels, run.revision)
     return cls(hf, run.hparams, n_steps).to(device)
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on CUDA, the process's peak RSS on CPU (GiB)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def moe_backend(device: torch.device) -> str:
-    """Which expert GEMM kernels ran: our small-row CPU kernels or torch's."""
-    if device.type == "cpu":
-        from moebench.moe import small_gemm
-
-        return "torch+small_gemm" if small_gemm.available() else "torch"
-    return "torch"
 
 
 @torch.no_grad()
@@ -158,6 +131,7 @@ def train_epoch(method: Any, enc: Encoded, run: GlueRun, epoch: int, device: tor
 
     batches = batch_slices(epoch_order(len(enc), run.seed, epoch), int(run.hparams["batch_size"]))
     every = max(1, len(batches) // max(1, options.trace_points))
+    method.model.train()          # from_pretrained returns a model in eval mode
     trace.reset(method)
     sums = {"loss": 0.0, "loss_aux": 0.0, "step_time": 0.0}
     for i, idx in enumerate(tqdm(batches, desc=f"{run.task}/{run.method} s{run.seed} e{epoch}",
@@ -230,7 +204,7 @@ def _epoch(method: Any, train: Encoded, val: Encoded, run: GlueRun, epoch: int,
     ev = evaluate(method, val, base["metric"], int(run.hparams["eval_batch_size"]), device)
     tracker.update(epoch + 1, ev["val_score"])
     record = {**base, **out, **ev, "step": method.step, "epoch": epoch + 1,
-              "mem_gb": peak_memory_gb(device), "moe_backend": moe_backend(device),
+              "mem_gb": peak_memory_gb(device), "moe_backend": backend.used(),
               "routing": method.routing_stats(reset=True), "trace": trace.points,
               "best_score": tracker.best, "best_epoch": tracker.best_epoch}
     state.append(record)

@@ -19,6 +19,8 @@ def parser() -> Parser:
     p.add_argument("--marker", help="file written when every run of the batch is done")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
+    p.add_argument("--moe-backend", default="auto", choices=("auto", "torch", "native"),
+                   help="expert GEMM kernels (written into every record)")
     p.add_argument("--progress", choices=("on", "off"), default="off")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -29,12 +31,15 @@ def body(args: argparse.Namespace) -> int:
 
     import torch
 
+    from moebench.device import resolve_device
     from moebench.glue.driver import train_batch
-    from moebench.glue.train import RunOptions, resolve_device
+    from moebench.glue.train import RunOptions
     from moebench.io import atomic_write_text
+    from moebench.moe import backend
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    backend.set_backend(args.moe_backend)
     quiet_transformers()
     try:
         plan = json.loads(Path(args.plan).read_text())

@@ -17,7 +17,8 @@ DECLARATION = declare(
     "gmoe", study="glue", cls="GMoE",
     help="GMoE-style MoE: cosine top-k router, capacity, importance+load loss",
     hparams=[
-        Hp("moe_layers", list, "encoder layers (0-based) whose FFN becomes MoE"),
+        Hp("moe_layers", list, "encoder layers (0-based) whose FFN becomes MoE",
+           items=Hp("layer", int), unique=True, min_items=1),
         Hp("fc2_bias", str, "each expert's fc2 bias: 'divide' by the expert slots (authors) "
            "or 'keep'", choices=("divide", "keep")),
         Hp("expert_dropout", float, "dropout inside each expert before GELU (authors 0.1)",

@@ -30,13 +30,8 @@ from moebench.moe.mass import MassExpansion, validation_pass
 DECLARATION = declare(
     "mass", study="glue", cls="Mass",
     help="MASS: MinTau routing over pre-allocated slots with adaptive expert expansion",
+    shares={"gmoe": ["moe_layers", "fc2_bias", "expert_dropout", "route_padding"]},
     hparams=[
-        Hp("moe_layers", list, "encoder layers (0-based) whose FFN becomes MoE"),
-        Hp("fc2_bias", str, "each expert's fc2 bias: 'divide' by the expert slots (authors) "
-           "or 'keep'", choices=("divide", "keep")),
-        Hp("expert_dropout", float, "dropout inside each expert before GELU (authors 0.1)",
-           min=0, max=1, max_open=True),
-        Hp("route_padding", bool, "route padding tokens too (authors: true)"),
         Hp("num_experts", int, "experts active at the start", min=1, max="mass_max_experts"),
         Hp("mass_max_experts", int, "pre-allocated expert slots per layer (K_max)", min=1),
         Hp("mass_tau", float, "MinTau threshold tau (authors: 0.5 on GLUE)", min=0, max=1,
