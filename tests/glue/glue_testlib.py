@@ -14,6 +14,30 @@ WORDS = ("the a cat dog sat ran on mat big small red blue is was and or not it h
          "runs eats food good bad very happy sad computer code bug love song team game").split()
 
 
+FORTUNES = {
+    "computers": "The computer has a bug in its code today.\n%\nA program is never finished, "
+                 "only released to users.\n\t\t-- someone\n%\nReal programmers write code "
+                 "at night.\n%\nShort.\n%\n",
+    "love": "Love is a song that never ends.\n%\nAll you need is love and a cat.\n%\n"
+            "Love means never having to say sorry.\n%\nReal programmers write code at night.\n%\n",
+}
+DING = "\n".join([
+    "# Version :: test",
+    "Es sieht nach Regen aus. :: It looks like rain.; It looks as if it will rain.",
+    "Er kommt spät. | Er kam spät. :: He comes late.; He is coming late. | He came late.",
+    "Mach es. :: Do sth. now.; Do it now please.",
+    "Ich bin müde. :: I am tired now.; I feel very tired now.",
+    "Das ist gut. :: That is very good.; This is really good.",
+    "Wir gehen. :: We are going home.; We are leaving now.",
+    "Sie lacht. :: She is laughing a lot.; She laughs out loud.",
+    "Es regnet. :: It is raining again.; It rains again today.",
+    "Ich esse. :: I am eating lunch.; I eat my lunch now.",
+    "Er schläft. :: He is sleeping now.; He sleeps in the afternoon.",
+    "Sie singt. :: She is singing a song.; She sings a song loudly.",
+    "Wir spielen. :: We are playing a game.; We play a game together.",
+]) + "\n"
+
+
 def tiny_config(num_labels: int = 2, layers: int = 3):
     from transformers import BertConfig
 

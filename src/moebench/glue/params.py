@@ -143,7 +143,8 @@ def resolve(glue: Mapping[str, Any], task: str, method: str, tables: Mapping[str
         return resolve_hparams(glue.get("hparams") or {}, task, method, table=tables[method],
                                study_keys=study_keys, layout=LAYOUT)
     except HparamsError as err:
-        raise ParamsError(f"{_defined_in(files, err.key_path)}: {err}") from None
+        path = [*str(err.key_path[0]).split("."), *err.key_path[1:]] if err.key_path else []
+        raise ParamsError(f"{_defined_in(files, path)}: {err}") from None
 
 
 def validate(config: Mapping[str, Any], schema_dir: str | Path, files: Sequence[str]) -> None:
