@@ -15,7 +15,8 @@ defaults to their behaviour:
   slots (their max expert count, 16): with combine weights summing to 1 the converted layer
   then adds only 1/16 of the pretrained bias. ``"keep"`` keeps the full bias.
 * ``expert_dropout=0.1``: each expert computes ``fc2(GELU(Dropout(fc1 x)))``, a dropout before
-  the activation that dense BERT does not have (their ``--moe_drop``). 0 removes it.
+  the activation that dense BERT does not have (their ``--moe_drop``; run fused by
+  ``glue/experts.py``). 0 removes it.
 * ``route_padding=True``: padding tokens are routed like real ones (the attention mask never
   reaches their FFN) and count in the routing stats and in the capacity. False routes only
   real tokens; padding positions then get a zero FFN output.
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moebench.glue.experts import PreDropGELUExperts
 from moebench.io import atomic_write
 from moebench.moe import MoELayer
 
@@ -140,6 +142,11 @@ def moe_ffn(model: nn.Module, layer: nn.Module, spec: MoESpec, upcycle: bool = T
                    batch_prioritized=spec.batch_prioritized,
                    router_kwargs=dict(spec.router_kwargs),
                    device=fc1.weight.device, dtype=fc1.weight.dtype)
+    if isinstance(moe.experts.act, DropGELU):     # the authors' activation, fused path
+        moe.experts = PreDropGELUExperts(
+            spec.num_experts, fc1.in_features, fc1.out_features, fc2.out_features,
+            moe.experts.act.p, moe.experts.act.approximate, device=fc1.weight.device,
+            dtype=fc1.weight.dtype)
     if upcycle:
         moe.experts.load_dense(fc1, fc2)
         if spec.fc2_bias == "divide":

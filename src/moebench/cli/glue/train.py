@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -45,8 +47,12 @@ def body(args: argparse.Namespace) -> int:
         plan = json.loads(Path(args.plan).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RunError(f"cannot read the plan {args.plan}: {exc}") from None
+    start, cpu = time.perf_counter(), time.process_time()
     dirs = train_batch(plan, args.batch, resolve_device(args.device),
                        RunOptions(progress=args.progress == "on"))
+    logging.getLogger("moebench.cli.glue.train").info(
+        "batch %s: %d runs in %.1f s wall, %.1f s CPU", args.batch, len(dirs),
+        time.perf_counter() - start, time.process_time() - cpu)
     if args.marker:
         atomic_write_text(args.marker, "".join(f"{d}\n" for d in dirs))
     return 0
