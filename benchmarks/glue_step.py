@@ -41,8 +41,8 @@ from moebench.io import atomic_write_json  # noqa: E402
 
 TARGET = 1.15
 SIZES = {
-    "default": {"B": 16, "L": 28, "overrides": {}, "config": None},
-    "base": {"B": 8, "L": 64, "config": {"hidden_size": 768, "num_hidden_layers": 12,
+    "default": {"B": 16, "L": 28, "model": "minilm-l6", "overrides": {}, "config": None},
+    "base": {"B": 8, "L": 64, "model": "minilm-l6", "config": {"hidden_size": 768, "num_hidden_layers": 12,
                                          "num_attention_heads": 12, "intermediate_size": 3072},
              "overrides": {"freeze_layers": 0, "moe_layers": [10], "lr": 2e-5,
                            "mass_warmup_min": 30, "mass_window_min": 60,
@@ -80,7 +80,7 @@ def method_hparams(params: str, overrides: dict) -> dict[str, dict]:
 
 def build(method: str, hparams: dict, size: dict, device: torch.device, n_steps: int) -> Any:
     torch.manual_seed(0)
-    hf = load_classifier("minilm-l6", 2, random_init=size["config"] is not None,
+    hf = load_classifier(size["model"], 2, random_init=size["config"] is not None,
                          config_overrides=size["config"])
     return declarations()[method].load()(hf, hparams, n_steps).to(device)
 
@@ -92,7 +92,8 @@ def make_batch(model: GlueModel, size: dict, device: torch.device) -> dict:
     lengths = torch.randint(length // 3, length + 1, (b,), generator=g)
     lengths[0] = length
     mask = (torch.arange(length)[None] < lengths[:, None]).long()
-    ids = torch.randint(1000, 20000, (b, length), generator=g) * mask
+    vocab = model.config.vocab_size
+    ids = torch.randint(min(1000, vocab // 2), vocab, (b, length), generator=g) * mask
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
              "labels": torch.randint(0, 2, (b,), generator=g)}
     batch = {k: v.to(device) for k, v in batch.items()}
