@@ -36,9 +36,12 @@ def test_benchmark_writes_every_variant_and_the_floor(bench, tmp_path, capsys):
     assert [r["size"] for r in rows] == ["default", "base"]
     for r in rows:
         for key in ("dense_ms", "gmoe_ms", "mass_ms", "mass_phase_ms", "mass_nodrop_ms",
-                    "ffn_ms"):
+                    "ffn_ms", "ffn_drop_ms"):
             assert r[key] > 0, key
         assert r["mass_k"] >= 1
-        assert r["mass_floor_ms"] == pytest.approx(r["dense_ms"] + (r["mass_k"] - 1) * r["ffn_ms"])
+        assert r["mass_floor_ms"] == pytest.approx(
+            r["dense_ms"] - r["ffn_ms"] + r["mass_k"] * r["ffn_drop_ms"])
+        assert r["mass_nodrop_floor_ms"] == pytest.approx(
+            r["dense_ms"] + (r["mass_k"] - 1) * r["ffn_ms"])
         assert r["mass_over_floor"] == pytest.approx(r["mass_ms"] / r["mass_floor_ms"])
     assert "mass/floor" in capsys.readouterr().out
