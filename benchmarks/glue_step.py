@@ -11,8 +11,9 @@ timed ``update`` (forward, backward, MASS's hooks, fused AdamW, schedule), media
 Variants: dense, gmoe, mass (out of the expansion phase), mass_phase (a step inside the
 expansion phase: drift statistics and the redundancy backward included), mass_nodrop
 (``expert_dropout`` 0: the core's fused expert path; mass itself runs the authors' dropout
-before GELU on the study's fused path, glue/experts.py), ffn (the dense FFN of the MoE layer alone, forward + backward, on all
-B x L tokens). Padding tokens are routed (the authors' default), so every token counts.
+before GELU on the study's fused path, glue/experts.py), ffn (the dense FFN of the MoE layer
+alone, forward + backward, on all B x L tokens) and ffn_drop (the same with the experts'
+dropout before GELU). Padding tokens are routed (the authors' default), so every token counts.
 
 mass's floor: the dense model with its MoE-layer FFN applied mean-k times (k measured on the
 timed steps), the FFN computed as the experts compute it: floor = dense - ffn + k x ffn_drop,
@@ -46,8 +47,9 @@ from moebench.io import atomic_write_json  # noqa: E402
 TARGET = 1.15
 SIZES = {
     "default": {"B": 16, "L": 28, "model": "minilm-l6", "overrides": {}, "config": None},
-    "base": {"B": 8, "L": 64, "model": "minilm-l6", "config": {"hidden_size": 768, "num_hidden_layers": 12,
-                                         "num_attention_heads": 12, "intermediate_size": 3072},
+    "base": {"B": 8, "L": 64, "model": "minilm-l6",
+             "config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                        "intermediate_size": 3072},
              "overrides": {"freeze_layers": 0, "moe_layers": [10], "lr": 2e-5,
                            "mass_warmup_min": 30, "mass_window_min": 60,
                            "mass_similarity_threshold": 0.001}},

@@ -79,7 +79,8 @@ def write_pair_task(folder: Path, n_train: int = 48, n_val: int = 16, seed: int 
         for i in range(n):
             a = sentence(rng, int(rng.integers(3, 9)))
             label = i % 2
-            b = (a.split()[0] if label else "computer") + " " + sentence(rng, int(rng.integers(2, 7)))
+            head = a.split()[0] if label else "computer"
+            b = head + " " + sentence(rng, int(rng.integers(2, 7)))
             out.append({"sentence1": a, "sentence2": b, "label": label})
         return out
     return write_task(folder, task_info("ding_paraphrase"),

@@ -115,7 +115,8 @@ def _tsv(path: Path, lines: list, bom: bool = False) -> None:
 
 def test_original_glue_tsv_files(tmp_path):
     root = tmp_path / "glue_data"
-    _tsv(root / "CoLA/train.tsv", [["gj04", 1, "", "The cat \"sat\"."], ["gj04", 0, "*", "Cat sat the."]])
+    _tsv(root / "CoLA/train.tsv", [["gj04", 1, "", "The cat \"sat\"."],
+                                   ["gj04", 0, "*", "Cat sat the."]])
     _tsv(root / "CoLA/dev.tsv", [["gj04", 1, "", "A dog ran."]])
     mrpc_head = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
     _tsv(root / "MRPC/train.tsv", [mrpc_head, [1, 1, 2, "He ran.", "He was running."]], bom=True)

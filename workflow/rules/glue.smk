@@ -87,7 +87,8 @@ rule glue_train:
         runtime=240,
         gpu=0 if GLUE["device"] == "cpu" else 1,
     shell:
-        "{PY} moebench.cli.glue.train --plan {input.plan} --batch {wildcards.task}/{wildcards.batch} "
+        "{PY} moebench.cli.glue.train --plan {input.plan} "
+        "--batch {wildcards.task}/{wildcards.batch} "
         "--marker {output} --device {params.device} --threads {params.threads} "
         "--moe-backend {params.backend} --progress {params.progress} > {log} 2>&1"
 

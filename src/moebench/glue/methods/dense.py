@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moebench.declare import Hp, declare  # noqa: F401  (Hp: used by the declarations)
+from moebench.declare import declare
 from moebench.glue.model import GlueModel
 from moebench.moe import collect_routing_stats
 
