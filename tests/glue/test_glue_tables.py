@@ -103,3 +103,11 @@ def test_figure_files(tmp_path):
         {"task": "fortunes_topic", "method": "mass", "seed": "1", "layer": LAYER, "step": "2",
          "K": "", "k": "", "event": "expand"}]
     assert (tmp_path / "glue_experts.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_k_curve_from_events():
+    from moebench.glue.figures import k_curve
+
+    layer = {"K": 9, "events": [{"step": 5, "kind": "expand"}, {"step": 7, "kind": "expand"},
+                                {"step": 9, "kind": "remove"}]}
+    assert k_curve(layer, 30) == ([0, 5, 7, 9, 30], [8, 9, 10, 9, 9])

@@ -25,33 +25,44 @@ def figure_rows(summaries: Sequence[Mapping]) -> list[list]:
     return rows
 
 
+def k_curve(layer: Mapping, end: int) -> tuple[list[int], list[int]]:
+    """(steps, K) of a layer's number of experts as a step function built from its events
+    (K at the start = final K - expansions + removals)."""
+    events = sorted(layer["events"], key=lambda e: e["step"])
+    K = int(layer["K"]) - sum(1 if e["kind"] == "expand" else -1 for e in events)
+    steps, ks = [0], [K]
+    for e in events:
+        K += 1 if e["kind"] == "expand" else -1
+        steps.append(int(e["step"]))
+        ks.append(K)
+    steps.append(max(end, steps[-1]))
+    ks.append(K)
+    return steps, ks
+
+
 def _panel(ax_k, ax_kk, summaries: Sequence[Mapping], task: str) -> None:
     colors = {"mass": "tab:red", "gmoe": "tab:blue"}
+    styles = ["-", "--", ":", "-."]
     for s in summaries:
         if s["task"] != task or not s["layers"]:
             continue
-        color = colors.get(s["method"], "tab:gray")
+        color, style = colors.get(s["method"], "tab:gray"), styles[int(s["seed"]) % 4]
         for layer in s["layers"].values():
             tr = layer["trace"]
-            if not tr:
-                continue
-            steps = [p[0] for p in tr]
-            ax_k.step(steps, [p[1] for p in tr], where="post", color=color, alpha=0.8,
-                      label=f"{s['method']} s{s['seed']}")
-            ax_kk.plot(steps, [p[2] for p in tr], color=color, alpha=0.8)
-            for e in layer["events"]:
-                marker = "^" if e["kind"] == "expand" else "v"
-                ax_k.axvline(e["step"], color=color, lw=0.5, ls=":")
-                ax_k.plot([e["step"]], [_k_at(tr, e["step"])], marker, color=color)
+            end = tr[-1][0] if tr else s.get("n_steps", 0)
+            steps, ks = k_curve(layer, end)
+            ax_k.step(steps, ks, where="post", color=color, ls=style, alpha=0.85,
+                      label=f"{s['method']} seed {s['seed']}")
+            for e, x, y in zip(sorted(layer["events"], key=lambda e: e["step"]), steps[1:],
+                               ks[1:]):
+                ax_k.plot([x], [y], "^" if e["kind"] == "expand" else "v", color=color)
+            if tr:
+                ax_kk.plot([p[0] for p in tr], [p[2] for p in tr], color=color, ls=style,
+                           alpha=0.85)
     ax_k.set_title(TASKS[task].title if task in TASKS else task)
     ax_k.set_ylabel("experts K")
     ax_kk.set_ylabel("mean active k")
     ax_kk.set_xlabel("training step")
-
-
-def _k_at(trace: Sequence[Sequence[float]], step: int) -> float:
-    later = [p[1] for p in trace if p[0] >= step]
-    return later[0] if later else trace[-1][1]
 
 
 def write_figure(summaries: Sequence[Mapping], stem: str | Path) -> list[Path]:
