@@ -9,7 +9,7 @@ as one line naming the params file and the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jsonschema
 import yaml

@@ -108,8 +108,7 @@ def known_keys(section: Mapping[str, Any], algorithm: str, layout: Layout = DG_L
 def _check(keys: Mapping[str, Any], allowed: set[str], path: Sequence[Any]) -> None:
     unknown = sorted(set(keys) - allowed)
     if unknown:
-        where = ".".join(map(str, path))
-        raise HparamsError(f"unknown hparam {unknown[0]!r} in {where}", [*path, unknown[0]])
+        raise HparamsError.at([*path, unknown[0]], f"unknown hparam {unknown[0]!r}")
 
 
 def resolve_hparams(section: Mapping[str, Any], dataset: str, algorithm: str,
@@ -171,15 +170,19 @@ def _check_layers(table: Mapping[str, Hp], hparams: Mapping[str, Any], defaults,
         hp = table[missing[0]]
         raise HparamsError.at([lay.root, lay.algorithms, algorithm, missing[0]],
                               f"is missing ({hp.help or hp.range_text()}; {hp.range_text()})")
-    for path, layer in (([lay.root, lay.pair, dataset, algorithm], pair),
-                        ([lay.root, lay.algorithms, algorithm], own),
-                        ([lay.root, lay.group, dataset], group),
-                        ([lay.root, "defaults"], defaults)):
-        for key, value in layer.items():
-            if key in table:
-                problem = table[key].problem(value, hparams)
-                if problem:
-                    raise HparamsError.at([*path, key], problem)
+    layers = (([lay.root, lay.pair, dataset, algorithm], pair),
+              ([lay.root, lay.algorithms, algorithm], own),
+              ([lay.root, lay.group, dataset], group),
+              ([lay.root, "defaults"], defaults))
+    # each value alone first, then bounds that name another hparam (so the key at fault is
+    # the one reported: mass_max_experts: 0, not num_experts: 6 > 0)
+    for context in ({}, hparams):
+        for path, layer in layers:
+            for key, value in layer.items():
+                if key in table:
+                    problem = table[key].problem(value, context)
+                    if problem:
+                        raise HparamsError.at([*path, key], problem)
 
 
 def _check_draws(table: Mapping[str, Hp], hparams: Mapping[str, Any], draws: Mapping[str, Any],

@@ -17,7 +17,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from moebench.errors import DataError, RunError
+from moebench.errors import DataError
 from moebench.cli.dg import figures as figures_cli
 from moebench.dg.reporting import attention, figdata
 from moebench.dg.reporting.figures import FIGURE_KINDS, figure_stems, write_figures
@@ -243,7 +243,6 @@ def test_trainer_state_dict_model_is_rebuilt_from_spec_json(tmp_path):
     """The trainer's --save-model writes network.state_dict() next to the run's spec.json."""
     import json
 
-    import moebench.dg.algorithms  # noqa: F401
     from moebench.dg.algorithms import algorithm_class
     from helpers_hparams import tiny_hparams
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from moebench.errors import DataError, RunError
+from moebench.errors import DataError
 from moebench.cli.dg import collect as collect_cli
 from moebench.cli.dg import tables as tables_cli
 from moebench.dg.reporting import render

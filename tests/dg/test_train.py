@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers_hparams import tiny_hparams
 
-from moebench.errors import DataError, RunError
+from moebench.errors import RunError
+from moebench.device import resolve_device
 from moebench.dg import train
 from moebench.dg.datasets import build_dataset, load_dataset
 from moebench.hparams import seed_hash
@@ -113,11 +114,11 @@ def test_test_env_out_of_range_is_one_line_error(digits, tmp_path):
 def test_split_and_sampling_follow_domainbed():
     idx_in, idx_out = train.split_env(10, 0.2, seed_hash(0, 1))
     assert len(idx_out) == 2 and sorted(list(idx_in) + list(idx_out)) == list(range(10))
-    assert train.resolve_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
     if not torch.cuda.is_available():
-        assert train.resolve_device("auto").type == "cpu"
+        assert resolve_device("auto").type == "cpu"
         with pytest.raises(ValueError, match="CUDA is not available"):
-            train.resolve_device("cuda")
+            resolve_device("cuda")
 
 
 def test_bf16_precision_is_part_of_the_identity_and_trains(digits, tmp_path):
@@ -129,3 +130,31 @@ def test_bf16_precision_is_part_of_the_identity_and_trains(digits, tmp_path):
     assert [r["step"] for r in records_of(run)] == [0, 1]
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         dataclasses.replace(fp32, precision="fp16")
+
+
+def test_a_diverging_run_stops_with_a_diverged_record_and_is_done(digits, tmp_path, caplog):
+    path, ds = digits
+    spec = dataclasses.replace(spec_for("erm", steps=40, freq=10),
+                               hparams={**tiny_hparams("erm"), "batch_size": 8, "lr": 1.0e8})
+    run = train.train_run(spec, ds, path, tmp_path / "d", torch.device("cpu"), QUIET)
+    recs = records_of(run)
+    last = recs[-1]
+    assert last["diverged"] is True and last["diverged_step"] == last["step"] < spec.steps - 1
+    assert last["loss"] != last["loss"]  # nan
+    assert all("diverged" not in r for r in recs[:-1])
+    assert (run / "done").exists() and not (run / "checkpoint.pt").exists()
+    warnings = [r for r in caplog.records if "diverged" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    # done: a rerun does nothing
+    assert train.train_run(spec, ds, path, tmp_path / "d", torch.device("cpu"), QUIET) == run
+    assert records_of(run) == recs
+
+
+def test_every_record_names_the_expert_kernel(digits, tmp_path):
+    path, ds = digits
+    gmoe = records_of(train.train_run(spec_for("gmoe"), ds, path, tmp_path / "g",
+                                      torch.device("cpu"), QUIET))
+    erm = records_of(train.train_run(spec_for("erm"), ds, path, tmp_path / "e",
+                                     torch.device("cpu"), QUIET))
+    assert {r["moe_backend"] for r in erm} == {"none"}
+    assert {r["moe_backend"] for r in gmoe} <= {"native", "torch", "native+torch"}

@@ -24,7 +24,7 @@ except MoebenchError as exc:
     fail(exc)
 PLUGINS = list(config.get("plugins") or [])
 # each study's rule file registers what the final `results/tables` rule gathers:
-STUDY_TABLES = {}   # study -> table folder(s) copied into results/tables/
+STUDY_TABLES = {}   # study -> table folder(s) copied into results/tables/ (their
+                    # headline.json / *_headline.json become results/tables/metrics/*.json)
 STUDY_FIGURES = {}  # study -> figure files results/tables depends on
-STUDY_HEADLINES = {}  # study -> headline JSON files merged into results/tables/metrics/
 STUDY_TARGETS = {"data": {}, "train": {}, "search": {}}  # stage -> study -> files (DVC stages)

@@ -3,19 +3,20 @@
 # It depends on every study's figures too, so the one target builds the whole product.
 
 
+def _listed(value):
+    return [value] if isinstance(value, str) else list(value)
+
+
 rule tables:
     input:
-        tables=[p for study in STUDIES for p in STUDY_TABLES[study]],
-        figures=[f for study in STUDIES for f in STUDY_FIGURES[study]],
+        tables=[p for study in STUDIES for p in _listed(STUDY_TABLES[study])],
+        figures=[f for study in STUDIES for f in _listed(STUDY_FIGURES.get(study, []))],
     output:
         directory("results/tables"),
-    params:
-        headlines=" ".join(h for study in STUDIES for h in STUDY_HEADLINES.get(study, [])),
     log:
         "results/logs/tables.log",
     shell:
-        "{PY} moebench.cli.assemble --sources {input.tables} --headlines {params.headlines} "
-        "--out {output} > {log} 2>&1"
+        "{PY} moebench.cli.assemble --sources {input.tables} --out {output} > {log} 2>&1"
 
 
 # the coarse stages DVC runs (dvc.yaml): every study's data, training, supernet search

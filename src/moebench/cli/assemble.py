@@ -1,7 +1,10 @@
 """Gather every study's tables into results/tables/ and write the compact DVC metrics.
 
     python -m moebench.cli.assemble --sources results/dg/tables results/dg/paper \
-        --headlines results/dg/tables/headline.json --out results/tables
+        --out results/tables
+
+Headline files among the sources (``headline.json``, ``*_headline.json``) become the compact
+DVC metrics ``results/tables/metrics/*.json`` instead of being copied.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ log = logging.getLogger(PROG)
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--sources", nargs="+", required=True, help="table folders or files")
-    p.add_argument("--headlines", nargs="*", default=[], help="headline JSON files")
+    p.add_argument("--headlines", nargs="*", default=[], help="more headline JSON files")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -27,7 +30,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def body(args: argparse.Namespace) -> int:
     from moebench.assemble import assemble
 
-    out = assemble(args.sources, args.headlines, args.out)
+    out = assemble(args.sources, args.out, args.headlines)
     log.info("wrote %s", out)
     return 0
 

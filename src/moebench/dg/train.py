@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from moebench.device import autocast, peak_memory_gb, resolve_device  # noqa: F401 (re-export)
+from moebench.device import autocast, peak_memory_gb
 from moebench.distributed import World, average_gradients
 from moebench.dg.sweep import RunSpec
 from moebench.errors import RunError

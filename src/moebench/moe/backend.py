@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from torch import Tensor
+
 from moebench.errors import RunError
+from moebench.moe import small_gemm
 
 BACKENDS = ("auto", "torch", "native")
 _state = {"backend": "auto"}
@@ -26,8 +29,6 @@ def set_backend(name: str) -> None:
     if name not in BACKENDS:
         raise RunError(f"moe_backend must be one of {', '.join(BACKENDS)}, got {name!r}")
     if name == "native":
-        from moebench.moe import small_gemm
-
         if not small_gemm.available():
             raise RunError("moe_backend native: our small-row kernels cannot run here "
                            f"({small_gemm.unavailable_reason()}); use auto or torch")
@@ -49,3 +50,11 @@ def used(reset: bool = True) -> str:
     if reset:
         _counts.clear()
     return "+".join(kinds) if kinds else "none"
+
+
+def native(rows: int, *tensors: Tensor) -> bool:
+    """Whether this expert GEMM block runs on our kernels (the backend allows it and
+    :func:`small_gemm.usable`); counts the choice for :func:`used`."""
+    ok = _state["backend"] != "torch" and small_gemm.usable(rows, *tensors)
+    note("native" if ok else "torch")
+    return ok

@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
-from moebench.moe import small_gemm
+from moebench.moe import backend, small_gemm
 from moebench.moe.grad_cache import GradBufferCache, grad_buffer
 
 
@@ -53,7 +53,7 @@ def linear_block(x: Tensor, members, w: Tensor, b: Optional[Tensor],
         t = s + m * n
         # GEMM, then the bias in place: addmm would first copy the bias into ``out`` and
         # then read it back (measured ~7% slower for 16 ViT-S experts)
-        kernel = small_gemm.usable(n, x, w, out)
+        kernel = backend.native(n, x, w, out)
         if m == 1 and not kernel:
             torch.mm(x[s:t], w[e].t(), out=out[s:t])
             if b is not None:
@@ -79,7 +79,7 @@ def linear_block_backward(gout: Tensor, inp: Tensor, members, w: Tensor, gw, gb,
         go, x = gout[s:t].view(m, n, -1), inp[s:t].view(m, n, -1)
         if gb is not None:      # acc members are single (m == 1)
             gb[e].add_(go[0].sum(0)) if acc else torch.sum(go, dim=1, out=gb[e:e + m])
-        if small_gemm.usable(n, gout, inp, w, *(g for g in (gw, gin) if g is not None)):
+        if backend.native(n, gout, inp, w, *(g for g in (gw, gin) if g is not None)):
             if gw is not None:
                 small_gemm.grad_weight(go, x, gw[e:e + m], accumulate=acc)
             if gin is not None:

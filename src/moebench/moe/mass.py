@@ -20,7 +20,7 @@ import contextlib
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from moebench.moe.expansion import DriftConfig, LayerExpander, Trigger
 from moebench.moe.layer import MoELayer

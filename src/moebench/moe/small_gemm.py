@@ -115,16 +115,12 @@ def unavailable_reason() -> str:
 
 
 def usable(rows: int, *tensors: Tensor) -> bool:
-    """Whether a GEMM with ``rows`` rows per expert over these tensors goes to the kernels:
-    fp32 CPU tensors, unit stride in the last dimension, feature sizes multiples of 16, and
-    a ``moe_backend`` (:mod:`moebench.moe.backend`) other than ``torch``. Counts the choice."""
-    from moebench.moe import backend
-
-    ok = (backend.get_backend() != "torch" and rows <= MAX_ROWS and available()
-          and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1
-                  and t.shape[-1] % 16 == 0 for t in tensors))
-    backend.note("native" if ok else "torch")
-    return ok
+    """Whether the kernels can run a GEMM with ``rows`` rows per expert over these tensors:
+    fp32 CPU tensors, unit stride in the last dimension, feature sizes multiples of 16."""
+    if rows > MAX_ROWS or not available():
+        return False
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.stride(-1) == 1
+               and t.shape[-1] % 16 == 0 for t in tensors)
 
 
 def _check(code: int, name: str) -> None:

@@ -113,6 +113,5 @@ rule dg_figures_all:
 # what the final `results/tables` rule (workflow/rules/report.smk) gathers from this study
 STUDY_TABLES["dg"] = [f"{DG}/tables", *rules.dg_paper_table.output]
 STUDY_FIGURES["dg"] = list(rules.dg_figures_all.input)
-STUDY_HEADLINES["dg"] = [f"{DG}/tables/headline.json"]
 STUDY_TARGETS["data"]["dg"] = list(rules.dg_data_all.input)
 STUDY_TARGETS["train"]["dg"] = list(rules.dg_train_all.input)

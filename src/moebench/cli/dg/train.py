@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             claim_gpu(args.jobs_per_gpu)  # before anything initialises CUDA
         import torch
 
+        from moebench.device import resolve_device
         from moebench.dg import train
         from moebench.io import atomic_write_text
         from moebench.dg.sweep import read_plan
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         from moebench.distributed import init_world, local_device
 
-        device = local_device(train.resolve_device(args.device))
+        device = local_device(resolve_device(args.device))
         if device.type == "cuda":
             torch.cuda.set_device(device)
         from moebench.moe import backend

@@ -29,8 +29,10 @@ from moebench.errors import ParamsError
 DECLARATION = declare(
     "mode", study="dg", cls="MoDE",
     help="MoDE: mixture of classifier experts with mutual distillation",
-    shares={"gmoe": ["num_experts", "expert_drop"]},
     hparams=[
+        Hp("num_experts", int, "classifier experts of the MoDE head", min=1),
+        Hp("expert_drop", float, "dropout inside each classifier expert (null = none)", min=0,
+           max=1, max_open=True, nullable=True),
         Hp("expert_hidden", int, "hidden width of each classifier expert", min=1),
         Hp("distill_alpha", float, "distillation strength: loss = CE + alpha * KD", min=0),
         Hp("distill_temperature", float, "softmax temperature of the distillation",

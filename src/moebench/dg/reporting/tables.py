@@ -9,9 +9,7 @@ column the mean over datasets). Numbers are percentages; ``None`` marks a missin
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
