@@ -56,7 +56,7 @@ def _set(*keys, value):
     (_set("hparams", "methods", "mass", "num_experts", value=17),
      "glue.hparams.methods.mass.num_experts: 17 is above the maximum mass_max_experts = 16"),
     (_set("hparams", "methods", "gmoe", "tau", value=0.5),
-     "unknown hparam 'tau' in glue.hparams.methods.gmoe"),
+     "glue.hparams.methods.gmoe.tau: unknown hparam 'tau'"),
     (_set("hparams", "defaults", "moe_layers", value=[5, 5]),
      "glue.hparams.defaults.moe_layers: [5, 5] has repeated elements"),
     (_set("colour", value="red"), "glue.colour: unknown key 'colour'"),

@@ -7,7 +7,8 @@ from torch import nn
 
 from moebench.glue.batches import cache_features, collate, encode
 from moebench.glue.model import GlueModel, load_classifier, load_tokenizer
-from moebench.glue.surgery import (BertMoEFFN, DropGELU, MoESpec, apply_moe, load_converted,
+from moebench.glue.experts import DropGELU
+from moebench.glue.surgery import (BertMoEFFN, MoESpec, apply_moe, load_converted,
                                    moe_ffns, save_converted)
 from moebench.moe import collect_routing_stats
 

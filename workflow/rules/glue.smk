@@ -141,10 +141,9 @@ rule glue_all:
         GLUE_FIGURE,
 
 
-# what the final `results/tables` rule (workflow/rules/report.smk) gathers from this study;
-# the headline is merged into the metrics, not copied (every study has a headline.json)
-STUDY_TABLES["glue"] = GLUE_TABLE_FILES
+# what the final `results/tables` rule (workflow/rules/common.smk) gathers from this study
+# (the headline becomes results/tables/metrics/glue_*.json)
+STUDY_TABLES["glue"] = [*GLUE_TABLE_FILES, GLUE_HEADLINE]
 STUDY_FIGURES["glue"] = GLUE_FIGURE
-STUDY_HEADLINES["glue"] = [GLUE_HEADLINE]
 STUDY_TARGETS["data"]["glue"] = [f"{GLUE_DATA}/{task}" for task in GLUE_TASKS]
 STUDY_TARGETS["train"]["glue"] = GLUE_MARKERS

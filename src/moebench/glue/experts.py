@@ -18,12 +18,23 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from moebench.moe.experts import BatchedExperts
 from moebench.moe.fused_ffn import max_piece_rows, row_blocks
 from moebench.moe.grouped import (expert_grad_buffers, gather_sum, linear_block,
                                   linear_block_backward, padded_buffer)
+
+
+class DropGELU(nn.Module):
+    """``GELU(Dropout(p)(h))``: the MASS authors' expert activation (dropout first)."""
+
+    def __init__(self, p: float, approximate: str = "none") -> None:
+        super().__init__()
+        self.p, self.approximate = float(p), approximate
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.gelu(F.dropout(h, self.p, self.training), approximate=self.approximate)
 
 
 class _PreDropGELUFFN(torch.autograd.Function):
@@ -94,8 +105,6 @@ class PreDropGELUExperts(BatchedExperts):
     def __init__(self, num_experts: int, in_features: int, hidden_features: int,
                  out_features: int, p: float, approximate: str = "none", device=None,
                  dtype=None) -> None:
-        from moebench.glue.surgery import DropGELU
-
         super().__init__(num_experts, in_features, hidden_features, out_features,
                          act=DropGELU(p, approximate), drop=0.0, device=device, dtype=dtype)
         self.p, self.approximate = float(p), approximate

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moebench.glue.experts import PreDropGELUExperts
+from moebench.glue.experts import DropGELU, PreDropGELUExperts
 from moebench.io import atomic_write
 from moebench.moe import MoELayer
 
@@ -71,17 +70,6 @@ class MoESpec:
         d = asdict(self)
         d["layers"], d["router_kwargs"] = list(self.layers), dict(self.router_kwargs)
         return d
-
-
-class DropGELU(nn.Module):
-    """``GELU(Dropout(p)(h))``: the MASS authors' expert activation (dropout first)."""
-
-    def __init__(self, p: float, approximate: str = "none") -> None:
-        super().__init__()
-        self.p, self.approximate = float(p), approximate
-
-    def forward(self, h: Tensor) -> Tensor:
-        return F.gelu(F.dropout(h, self.p, self.training), approximate=self.approximate)
 
 
 class BertMoEFFN(nn.Module):
