@@ -3,8 +3,8 @@
 The core's fused expert FFN (``moebench.moe.fused_ffn``) applies dropout *after* the
 activation; the authors' BERT experts drop *before* GELU (their ``--moe_drop``). Any other
 activation goes to the core's generic path (two grouped GEMMs with the activation as
-autograd ops on the whole [N, H] block), measured ~1.3 x slower for the MoE layer of the
-embedded default (benchmarks/glue_step.py, ``mass`` vs ``mass_fused``). This module runs the
+autograd ops on the whole [N, H] block): measured 210 ms per training step of the embedded
+default's MASS model against 202 ms on this module's path (1 thread). This module runs the
 same block-wise fused computation with the dropout moved before GELU, built from the core's
 grouped-GEMM helpers. (It belongs in the core's fused FFN as a dropout position; kept here
 until it moves down.)
