@@ -1,4 +1,4 @@
-"""DVC around the workflow on tiny params: repro offline, status clean, push to a local
+"""DVC around the workflow (all three studies) on tiny params: repro offline, status clean, push to a local
 remote, pull into a fresh clone (the procedure the README documents)."""
 import os
 import shutil
@@ -9,17 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tiny_studies import all_studies
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY = {
-    "studies": ["dg"],
-    "sweep": {"algorithms": ["erm"], "trial_seeds": [0], "test_envs": "singles", "runs_per_job": 9},
-    "datasets": {name: {"steps": 2, "checkpoint_freq": 1, "build": {"seed": 0, "image_size": 8, "max_images": 120}}
-                 for name in ("rotated_digits", "colored_digits")},
-    "hparams": {"defaults": {"embed_dim": 16, "depth": 2, "num_heads": 2, "batch_size": 8}},
-}
-
-
 def sh(*cmd: str, cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "MOEBENCH_SNAKEMAKE_ARGS": "--configfile=tiny.yaml", "GIT_AUTHOR_NAME": "t",
@@ -38,7 +31,7 @@ def test_dvc_repro_status_push_and_pull_into_a_fresh_clone(tmp_path):
     for name in ("workflow", "params", "src"):
         shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "profiles").symlink_to("workflow/profiles")
-    (repo / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    (repo / "tiny.yaml").write_text(yaml.safe_dump(all_studies(tmp_path / "inputs")))
     sh("git", "init", "-q", cwd=repo)
     sh("dvc", "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
@@ -49,7 +42,10 @@ def test_dvc_repro_status_push_and_pull_into_a_fresh_clone(tmp_path):
     assert "leave-one-domain-out" in tables and (repo / "results" / "figures").is_dir()
     assert "up to date" in sh("dvc", "status", cwd=repo)
     metrics = sh("dvc", "metrics", "show", cwd=repo)
-    assert "results/tables/metrics/dg_rotated_digits_erm.json" in metrics
+    for row in ("dg_rotated_digits_erm", "glue_mass", "supernet_hat", "search_hat-s1"):
+        assert f"results/tables/metrics/{row}" in metrics, metrics
+    for name in ("glue.txt", "supernet.txt", "search.txt"):
+        assert (repo / "results" / "tables" / name).is_file(), name
     assert max(len(line) for line in metrics.splitlines()) <= 120, metrics
 
     store = tmp_path / "store"

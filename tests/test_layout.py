@@ -32,3 +32,29 @@ def test_no_source_file_over_400_lines():
     long = {str(p.relative_to(ROOT)): n for p in files
             if (n := len(Path(p).read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def _defined_names(path: Path) -> set[str]:
+    """Top-level names a rule file binds: imports, assignments, functions."""
+    import re
+
+    names = set()
+    for line in path.read_text().splitlines():
+        if m := re.match(r"^def (\w+)", line):
+            names.add(m[1])
+        elif m := re.match(r"^(\w+) =", line):
+            names.add(m[1])
+        elif m := re.match(r"^from \S+ import (.+)", line):
+            names |= {p.split(" as ")[-1].strip() for p in m[1].split(",")}
+    return names
+
+
+def test_rule_files_of_different_studies_bind_different_names():
+    """All rule files share one namespace: a name bound twice would shadow the first."""
+    shared = {"MoebenchError"}  # the same class everywhere
+    files = sorted(ROOT.glob("workflow/rules/**/*.smk"))
+    seen: dict[str, Path] = {}
+    for path in files:
+        for name in _defined_names(path) - shared:
+            assert name not in seen, f"{name} is bound in {seen[name]} and in {path}"
+            seen[name] = path

@@ -89,3 +89,18 @@ def check_studies(config: Mapping[str, Any], files: Sequence[str | Path]) -> lis
         raise ParamsError(f"{_defined_in(files, ['plugins'])}: plugins: must be a list of "
                           f"module names, got {plugins!r}")
     return list(studies)
+
+
+def files_setting(files: Sequence[str | Path], sections: Sequence[str]) -> list[str]:
+    """The params files among ``files`` that set any of the top-level ``sections`` (a rule
+    that plans one study lists only these as inputs, so another study's params never
+    re-plan it); an unreadable file counts."""
+    out = []
+    for f in files:
+        try:
+            data = yaml.safe_load(Path(f).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            data = None
+        if not isinstance(data, Mapping) or set(data) & set(sections):
+            out.append(str(f))
+    return out

@@ -29,16 +29,9 @@ def test_table_rows_group_variants_per_architecture_and_average_seeds(tmp_path):
                        "1.50 +- 0.71", "10.00 +- 0.00", "0.50 +- 0.00"]
     assert [r[0] for r in rows] == ["largest"] * 3 + ["smallest"] * 3 + ["sampled_0"] * 3
     head = write_tables(ev, tmp_path / "t")
-    assert head == {"supernet/hat/largest/valid_loss": 5.0, "supernet/hat/largest/bleu": 1.0,
-                    "supernet/hat/smallest/valid_loss": 5.1, "supernet/hat/smallest/bleu": 2.0,
-                    "supernet/mos_layer_e2/largest/valid_loss": 5.5,
-                    "supernet/mos_layer_e2/largest/bleu": 1.5,
-                    "supernet/mos_layer_e2/smallest/valid_loss": 5.6,
-                    "supernet/mos_layer_e2/smallest/bleu": 2.5,
-                    "supernet/mos_neuron_e2/largest/valid_loss": 5.0,
-                    "supernet/mos_neuron_e2/largest/bleu": 1.0,
-                    "supernet/mos_neuron_e2/smallest/valid_loss": 5.1,
-                    "supernet/mos_neuron_e2/smallest/bleu": 2.0}
+    assert head == {"supernet/hat/loss": 5.0, "supernet/hat/bleu": 1.0,
+                    "supernet/mos_layer_e2/loss": 5.5, "supernet/mos_layer_e2/bleu": 1.5,
+                    "supernet/mos_neuron_e2/loss": 5.0, "supernet/mos_neuron_e2/bleu": 1.0}
     md = (tmp_path / "t" / "supernet.md").read_text().splitlines()
     assert md[2] == "| architecture | params | supernet | seeds | valid loss | BLEU | chrF | BLEU greedy |"
     assert md[4] == "| largest | 1000 | hat | 1 | 5.0000 | 1.00 | 10.00 | 0.50 |"

@@ -1,5 +1,9 @@
 # Shared by every study: the interpreter, params files, one-line params errors, the studies
 # to run and the registries of each study's tables and figures. Runs while Snakemake parses.
+# The rule files of all studies share one Python namespace: a study names its imports and
+# globals with its own prefix (dg_*, DG_*, GLUE_*, SN_*), or imports modules, never bare
+# functions another study might also define (write_plan, batch_runs, ...);
+# tests/test_layout.py checks that no two rule files define the same name.
 import sys
 
 from moebench.config import check_studies

@@ -7,13 +7,14 @@ import shlex
 
 from snakemake.utils import validate as _glue_schema_defaults
 
+from moebench.config import files_setting as glue_files_setting
 from moebench.errors import MoebenchError
-from moebench.glue.params import batch_runs, enumerate_runs, validate as _glue_validate, write_plan
+from moebench.glue import params as glue_params
 
 try:
-    _glue_validate(config, SCHEMAS, PARAM_FILES)
+    glue_params.validate(config, SCHEMAS, PARAM_FILES)
     _glue_schema_defaults(config["glue"], "../schemas/glue.schema.yaml")  # fills defaults
-    GLUE_RUNS = enumerate_runs(config, PARAM_FILES)
+    GLUE_RUNS = glue_params.enumerate_runs(config, PARAM_FILES)
 except MoebenchError as exc:
     fail(exc)
 
@@ -22,7 +23,7 @@ GLUE_DIR = "results/glue"
 GLUE_DATA = GLUE["data_root"]
 GLUE_RUNS_ROOT = GLUE["runs_root"]
 GLUE_PLAN = f"{GLUE_DIR}/plan.json"
-GLUE_BATCHES = batch_runs(GLUE_RUNS, GLUE["runs_per_job"])
+GLUE_BATCHES = glue_params.batch_runs(GLUE_RUNS, GLUE["runs_per_job"])
 GLUE_TASKS = list(GLUE["tasks"])
 GLUE_MARKERS = [f"{GLUE_RUNS_ROOT}/{key}.done" for key in GLUE_BATCHES]
 GLUE_TABLE_FILES = [f"{GLUE_DIR}/tables/{name}.{ext}" for name in ("glue", "glue_experts")
@@ -58,11 +59,11 @@ rule glue_data:
 
 rule glue_plan:
     input:
-        PARAM_FILES,
+        glue_files_setting(PARAM_FILES, ["glue", "studies", "plugins"]),
     output:
         GLUE_PLAN,
     run:
-        write_plan(GLUE_BATCHES, GLUE_RUNS_ROOT, GLUE_DATA, output[0])
+        glue_params.write_plan(GLUE_BATCHES, GLUE_RUNS_ROOT, GLUE_DATA, output[0])
 
 
 rule glue_train:

@@ -305,4 +305,5 @@ _sns_tables = STUDY_TABLES["supernet"]
 STUDY_TABLES["supernet"] = ([_sns_tables] if isinstance(_sns_tables, str) else list(_sns_tables)
                             ) + [SNS_TABLES]
 STUDY_FIGURES["supernet"] = list(STUDY_FIGURES["supernet"]) + SNS_FIGURES
-STUDY_TARGETS["search"]["supernet"] = [SNS_TABLES] + SNS_FIGURES
+# DVC's search stage ends with what the search tables read (tables and figures: report stage)
+STUDY_TARGETS["search"]["supernet"] = list(rules.supernet_search_tables.input)

@@ -73,17 +73,6 @@ def validate(config: Mapping[str, Any], schema_dir: str | Path,
         raise ParamsError(locate(err, files)) from None
 
 
-def dg_sections_in(path: str | Path) -> bool:
-    """Whether the params file ``path`` sets any section that shapes the DomainBed plan."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return True
-    return isinstance(data, dict) and bool(set(data) & {*SECTIONS, "studies", "plugins"})
-
-
 def algorithm_order(config: Mapping[str, Any]) -> list[str]:
     """The report's row order: ``report.algorithm_order`` if given, else the sweep's order."""
     return list(config["report"].get("algorithm_order") or config["sweep"]["algorithms"])

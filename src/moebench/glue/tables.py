@@ -159,26 +159,21 @@ def paper_rows(summaries: Sequence[Mapping], methods: Sequence[str],
     return header, rows
 
 
-def headline(summaries: Sequence[Mapping], methods: Sequence[str], tasks: Sequence[str],
-             limit: int = 15) -> dict[str, float]:
-    """A flat dict of at most ``limit`` numbers for ``dvc metrics``: each method's Avg, MASS's
-    final K and k per task, then per-task scores while there is room."""
+def headline(summaries: Sequence[Mapping], methods: Sequence[str], tasks: Sequence[str]
+             ) -> dict[str, float]:
+    """The compact ``dvc metrics`` numbers (keys ``glue/<method>/<column>``, columns shared
+    with the other studies' rows): each method's Avg over tasks and, for the MoE methods, the
+    final K and mean k averaged over tasks, seeds and MoE layers (per task: the tables)."""
     out: dict[str, float] = {}
     for m in methods:
         avg = seed_averages(summaries, m, tasks)
         if avg:
             out[f"glue/{m}/avg"] = round(100 * float(np.mean(avg)), 2)
-    for t in tasks:
-        runs = [s for s in _pick(summaries, method="mass", task=t) if s["K"] is not None]
+        runs = [s for s in _pick(summaries, method=m) if s["K"] is not None]
         if runs:
-            out[f"glue/mass/{t}/K"] = round(float(np.mean([s["K"] for s in runs])), 2)
-            out[f"glue/mass/{t}/k"] = round(float(np.mean([s["k"] for s in runs])), 3)
-    for t in tasks:
-        for m in methods:
-            runs = _pick(summaries, method=m, task=t)
-            if runs and len(out) < limit:
-                out[f"glue/{m}/{t}"] = round(100 * float(np.mean([s["score"] for s in runs])), 2)
-    return dict(list(out.items())[:limit])
+            out[f"glue/{m}/K"] = round(float(np.mean([s["K"] for s in runs])), 2)
+            out[f"glue/{m}/k"] = round(float(np.mean([s["k"] for s in runs])), 2)
+    return out
 
 
 def write_tables(summaries: Sequence[Mapping], out: str | Path, report: Mapping[str, Any]

@@ -162,24 +162,21 @@ def predictor_rows(report: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
-def headline(rows: Sequence[Row], report: Mapping[str, Any], compare: Optional[Mapping],
-             limit: Optional[str]) -> dict[str, Any]:
-    """A flat dict of the search's headline numbers (for dvc metrics): ``row/column`` keys,
-    numbers only (a spread that was not measured is left out)."""
-    out: dict[str, Any] = {
-        "supernet/search/predictor_mapd": round(report["test"]["mlp"]["mapd"], 3),
-        "supernet/search/linear_mapd": round(report["test"]["linear"]["mapd"], 3),
-        "supernet/search/within_limit": sum(bool(r["within_limit"]) for r in rows),
-        "supernet/search/subnets": len(rows)}
-    if report["spread"]["mapd"] is not None:
-        out["supernet/search/spread_mapd"] = round(report["spread"]["mapd"], 3)
-    if compare:
-        out["supernet/search/evolution_wins"] = compare["wins"]
-        out["supernet/search/compare_seeds"] = compare["of"]
+def headline(rows: Sequence[Row], limit: Optional[str]) -> dict[str, Any]:
+    """The compact ``dvc metrics`` numbers: per searched supernet, at the middle latency limit,
+    the found subnet's BLEU after retraining (from inherited weights, else from scratch) and
+    its measured latency (keys ``search/<run>/bleu|ms``; predictor and evolution-vs-random
+    figures: the search tables)."""
+    out: dict[str, Any] = {}
     for r in rows:
+        if r["limit"] != limit:
+            continue
         bleu = r["bleu_retrained"] if r["bleu_retrained"] is not None else r["bleu_scratch"]
-        if r["limit"] == limit and bleu is not None:
-            out[f"supernet/search_bleu_{limit}/{r['run']}"] = round(float(bleu), 3)
+        ms = r["final_ms"] or r["gold_ms"]
+        if bleu is not None:
+            out[f"search/{r['run']}/bleu"] = round(float(bleu), 2)
+        if ms is not None:
+            out[f"search/{r['run']}/ms"] = round(float(ms), 1)
     return out
 
 

@@ -2,8 +2,9 @@
 # so bad params stop the run with one line before any job starts.
 from snakemake.utils import validate
 
-from moebench.dg.params import algorithm_order, dg_sections_in, validate as validate_dg
-from moebench.dg.sweep import batch_runs, write_plan
+from moebench.config import files_setting
+from moebench.dg.params import SECTIONS as DG_SECTIONS, algorithm_order, validate as validate_dg
+from moebench.dg import sweep as dg_sweep
 from moebench.errors import MoebenchError
 
 try:
@@ -19,10 +20,10 @@ ALGORITHM_ORDER = algorithm_order(config)
 # tiny jobs run in the Snakemake process itself, never as cluster jobs
 localrules: dg_plan, dg_collect, dg_tables, dg_data_all, dg_train_all
 RUNS_ROOT = SWEEP["runs_root"]
-BATCHES = batch_runs(RUNS, SWEEP["runs_per_job"])
+BATCHES = dg_sweep.batch_runs(RUNS, SWEEP["runs_per_job"])
 PLAN = f"{DG}/sweep/plan.json"
 # the params files that can change the plan (another study's params never re-plan this one)
-DG_PARAM_FILES = [f for f in PARAM_FILES if dg_sections_in(f)]
+DG_PARAM_FILES = files_setting(PARAM_FILES, [*DG_SECTIONS, "studies", "plugins"])
 DATA_PATHS = {ds: config["datasets"][ds]["path"] for ds in SWEEP["datasets"]}
 
 

@@ -9,7 +9,7 @@ rule dg_plan:
     output:
         PLAN,
     run:
-        write_plan(BATCHES, RUNS_ROOT, DATA_PATHS, output[0], PLUGINS)
+        dg_sweep.write_plan(BATCHES, RUNS_ROOT, DATA_PATHS, output[0], PLUGINS)
 
 
 rule dg_train:

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if compare:
         st.write_table(out, "search_compare", compare["seeds"], st.COMPARE_COLUMNS)
     limit = args.headline_limit or limits[len(limits) // 2]
-    atomic_write_json(out / "search_headline.json", st.headline(rows, report, compare, limit))
+    atomic_write_json(out / "search_headline.json", st.headline(rows, limit))
     fig_dir = Path(args.figures_dir)
     figs.frontier_figure(rows, fig_dir / "supernet_frontier",
                          f"searched subnets on {summary['device']}")
