@@ -76,7 +76,18 @@ def _batch(a, g):
     src = torch.randint(4, a.vocab, (a.batch, a.src_len), generator=g)
     tgt = torch.randint(4, a.vocab, (a.batch, a.tgt_len), generator=g)
     prev = torch.cat([torch.full((a.batch, 1), 2), tgt[:, :-1]], 1)
-    return src, prev, tgt
+    return src.to(a.device), prev.to(a.device), tgt.to(a.device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    """Seconds of ``fn()`` (CUDA: synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def _train_step(fn, params, opt, tgt):
@@ -91,37 +102,36 @@ def bench_train(a, space, arch) -> dict[str, float]:
     src, prev, tgt = _batch(a, g)
     runs = {}
     torch.manual_seed(0)
-    floor = PlainFloor(a).train()
+    floor = PlainFloor(a).to(a.device).train()
     runs["floor"] = (lambda: floor(src, prev), floor)
     for v in VARIANTS:
         m = SuperTransformer(space, ModelConfig(vocab_size=a.vocab, ffn=v, num_experts=a.experts,
                                                 router_hidden=a.router_hidden,
                                                 dropout=a.dropout, attention_dropout=a.dropout,
-                                                activation_dropout=a.dropout)).train()
-        runs[v] = ((lambda m=m: m(src, prev, arch)), m)
+                                                activation_dropout=a.dropout)).to(a.device)
+        runs[v] = ((lambda m=m.train(): m(src, prev, arch)), m)
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4, betas=(0.9, 0.98))
             for k, (_, m) in runs.items()}
     times = {k: [] for k in runs}
     for _ in range(a.turns):
         for k, (fn, m) in runs.items():
             _train_step(fn, m.parameters(), opts[k], tgt)  # untimed
-            t0 = time.perf_counter()
-            _train_step(fn, m.parameters(), opts[k], tgt)
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_timed(lambda: _train_step(fn, m.parameters(), opts[k], tgt),
+                                   a.device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
 @torch.inference_mode()
 def bench_infer(a, space, arch) -> dict[str, float]:
     torch.manual_seed(0)
-    floor = PlainFloor(a).eval()
+    floor = PlainFloor(a).to(a.device).eval()
     sup = SuperTransformer(space, ModelConfig(vocab_size=a.vocab, ffn="mos_neuron",
                                               num_experts=a.experts,
                                               router_hidden=a.router_hidden))
-    sub = export(sup, arch)
+    sub = export(sup, arch).to(a.device).eval()
     g = torch.Generator().manual_seed(1)
-    src = torch.randint(4, a.vocab, (1, a.infer_len), generator=g)
-    prev = torch.randint(4, a.vocab, (1, a.infer_len), generator=g)
+    src = torch.randint(4, a.vocab, (1, a.infer_len), generator=g).to(a.device)
+    prev = torch.randint(4, a.vocab, (1, a.infer_len), generator=g).to(a.device)
 
     def steps():
         enc, cache = sub.encode(src), {}
@@ -135,9 +145,7 @@ def bench_infer(a, space, arch) -> dict[str, float]:
     for _ in range(a.infer_turns):
         for k, fn in runs.items():
             fn()
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_timed(fn, a.device))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -145,7 +153,7 @@ def report(a, train: dict, infer: dict) -> list[dict]:
     """Print the table; returns its rows."""
     tokens = a.batch * a.tgt_len
     targets = {"hat": 1.15, "mos_layer": 1.3, "mos_neuron": 1.3}
-    print(f"# torch {torch.__version__}, {a.threads} thread(s); d={a.embed} ffn={a.ffn} "
+    print(f"# torch {torch.__version__}, {a.device}, {a.threads} thread(s); d={a.embed} ffn={a.ffn} "
           f"heads={a.heads} layers={a.layers}+{a.layers} V={a.vocab} E={a.experts}; "
           f"{a.batch}x{a.tgt_len} target tokens per step")
     print(f"{'training':<22}{'step ms':>9}{'tokens/s':>10}{'x floor':>9}{'target':>8}")
@@ -182,9 +190,11 @@ def main(argv=None) -> int:
     p.add_argument("--infer-len", type=int, default=30)
     p.add_argument("--infer-turns", type=int, default=60)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda (timed with synchronisation)")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    a.device = torch.device(a.device)
     space = _space(a)
     arch = space.largest()
     train = bench_train(a, space, arch)
@@ -192,7 +202,8 @@ def main(argv=None) -> int:
     rows = report(a, train, infer)
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"args": vars(a), "torch": torch.__version__, "rows": rows}, fh, indent=1)
+            json.dump({"args": {**vars(a), "device": str(a.device)}, "torch": torch.__version__,
+                       "rows": rows}, fh, indent=1)
     return 0
 
 

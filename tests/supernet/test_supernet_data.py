@@ -120,8 +120,8 @@ def test_build_ding_downloads_when_the_debian_file_is_absent(tmp_path):
     with _Server({"/ding/de-en.txt.gz": (body, "application/gzip"),
                   "/page": (b"<html>", "text/html")}) as srv:
         url = f"{srv.url}/ding/de-en.txt.gz"
-        with pytest.raises(DataError, match=r"^checksum mismatch for de-en.txt.gz from .*: "
-                                            r"expected sha256 0{64}, got " + _sha(body) + "$"):
+        with pytest.raises(DataError, match=r"^checksum mismatch for de-en.txt.gz: expected "
+                                            r"sha256 0{64}, got " + _sha(body) + r" \(from .*\)$"):
             ding.build_ding(tmp_path / "bad", str(tmp_path / "absent"), url, "0" * 64, 1, 1)
         assert not (tmp_path / "bad" / ".download").exists() or not os.listdir(
             tmp_path / "bad" / ".download")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from moebench.errors import DataError
-from moebench.glue.fetch import download, publish, sha256_file, staging
+from moebench.fetch import download, publish, sha256_file, staging
 
 log = logging.getLogger(__name__)
 SNAPSHOT = "https://snapshot.debian.org/archive/debian/20250520T000000Z"
@@ -127,8 +127,8 @@ def corpus_path(source: DebCorpus, cache_dir: str | Path,
     if target.exists():
         return target, "downloaded"
     log.info("%s not installed: downloading %s", installed, source.urls[0])
-    deb = download(source.urls, cache / f"{source.name}.deb", sha256=source.sha256,
-                   size=source.size, progress=progress)
+    deb = cache / f"{source.name}.deb"
+    download(source.urls, deb, sha256=source.sha256, size=source.size, progress=progress)
     return unpack_member(deb, source.member, target), "downloaded"
 
 

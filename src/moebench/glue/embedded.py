@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from moebench.errors import DataError
-from moebench.glue.fetch import sha256_file
+from moebench.fetch import sha256_file
 from moebench.glue.taskdata import Example
 
 log = logging.getLogger(__name__)

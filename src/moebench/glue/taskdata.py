@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from moebench.errors import DataError
-from moebench.glue.fetch import publish, staging
+from moebench.fetch import publish, staging
 from moebench.glue.study import TaskInfo
 from moebench.io import atomic_write_json
 

@@ -27,7 +27,7 @@ from typing import Iterable, Optional
 
 from moebench.errors import DataError
 from moebench.io import atomic_write_json, atomic_write_text
-from moebench.supernet.fetch import download, sha256_of
+from moebench.fetch import download, sha256_file as sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def locate_ding(path: Optional[str], url: Optional[str], sha256: Optional[str],
     log.info("%s not found; downloading %s", path, url)
     name = url.rstrip("/").split("/")[-1].split("?")[0] or "de-en"
     target = cache / name
-    digest = download(url, target, sha256)
+    digest = download(url, target, sha256=sha256)
     if name.endswith(".gz"):
         import gzip
 

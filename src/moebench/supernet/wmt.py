@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from moebench.errors import DataError
-from moebench.supernet.fetch import download
+from moebench.fetch import download
 from moebench.supernet.spm import BOS, EOS, PAD, UNK
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def fetch_preprocessed(url: str, sha256: Optional[str], out_dir: str | Path, src
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:
         archive = stage / "archive.tgz"
-        digest = download(url, archive, sha256, progress=progress)
+        digest = download(url, archive, sha256=sha256, progress=progress)
         try:
             with tarfile.open(archive, "r:*") as tf:
                 tf.extractall(stage / "x", filter="data")
