@@ -7,7 +7,6 @@ from torch import nn
 
 from moebench.glue.batches import cache_features, collate, encode
 from moebench.glue.model import GlueModel, load_classifier, load_tokenizer
-from moebench.glue.experts import DropGELU
 from moebench.glue.surgery import (BertMoEFFN, MoESpec, apply_moe, load_converted,
                                    moe_ffns, save_converted)
 from moebench.moe import collect_routing_stats
@@ -64,22 +63,22 @@ def test_fc2_bias_divided_by_slots_as_the_authors(tiny_bert):
 def test_expert_dropout_comes_before_gelu(tiny_bert):
     hf = apply_moe(load_classifier(str(tiny_bert), 2),
                    MoESpec(layers=(1,), num_experts=2, router="mintau", expert_dropout=0.1))
-    act = moe_ffns(hf)[0].moe.experts.act
-    assert isinstance(act, DropGELU) and act.p == 0.1
-    assert type(moe_ffns(hf)[0].moe.experts).__name__ == "PreDropGELUExperts"
+    experts = moe_ffns(hf)[0].moe.experts
+    assert experts.drop_first and experts.drop.p == 0.1 and isinstance(experts.act, nn.GELU)
+    act = experts._hidden
     h = torch.linspace(-3, 3, 4001)
-    act.train()
+    experts.train()
     torch.manual_seed(0)
     y = act(h)
     torch.manual_seed(0)
     kept = nn.functional.dropout(torch.ones_like(h), 0.1, True) > 0
     assert torch.equal(y[~kept], torch.zeros_like(y[~kept]))          # GELU(0) = 0
     torch.testing.assert_close(y[kept], nn.functional.gelu(h[kept] / 0.9))  # scaled, then GELU
-    act.eval()
+    experts.eval()
     torch.testing.assert_close(act(h), nn.functional.gelu(h))
     plain = apply_moe(load_classifier(str(tiny_bert), 2),
                       MoESpec(layers=(1,), num_experts=2, router="mintau", expert_dropout=0.0))
-    assert isinstance(moe_ffns(plain)[0].moe.experts.act, nn.GELU)  # the fused expert path
+    assert not moe_ffns(plain)[0].moe.experts.drop_first
 
 
 @pytest.mark.parametrize("route_padding", [True, False])
@@ -149,37 +148,3 @@ def test_cached_lower_layers_equal_the_whole_forward(tiny_bert):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     assert not any(p.requires_grad for p in split.hf.bert.embeddings.parameters())
     assert all(p.requires_grad for p in split.hf.bert.encoder.layer[2].parameters())
-
-
-def test_fused_pre_dropout_experts_match_the_reference():
-    """glue/experts.py: fc2(GELU(Dropout(fc1 x))) per expert, weighted and combined."""
-    from moebench.glue.experts import PreDropGELUExperts
-
-    torch.manual_seed(0)
-    experts = PreDropGELUExperts(3, 16, 32, 16, p=0.25).train()
-    x = torch.randn(10, 16, requires_grad=True)
-    index = torch.tensor([0, 3, 5, 1, 2, 3, 9, 4, 6, 7, 8, 0])      # grouped rows by expert
-    counts = [4, 5, 3]
-    weight = torch.rand(12, requires_grad=True)
-    slot = torch.full((10, 2), 12, dtype=torch.long)                 # 12 = the zero row
-    for row, tok in enumerate(index.tolist()):
-        slot[tok, int(slot[tok, 0] != 12)] = row
-    torch.manual_seed(7)
-    out = experts.forward_routed(x, counts, index=index, slot=slot, weight=weight)
-    out.square().sum().backward()
-    got = [t.grad.clone() for t in (x, weight, experts.fc1_weight, experts.fc2_bias)]
-    for t in (x, weight, experts.fc1_weight, experts.fc2_bias):
-        t.grad = None
-    torch.manual_seed(7)
-    mask = torch.empty(12, 32, dtype=torch.bool).bernoulli_(0.75)   # one block: one draw
-    rows = []
-    for e, (s, t) in enumerate([(0, 4), (4, 9), (9, 12)]):
-        h = x[index[s:t]] @ experts.fc1_weight[e].T + experts.fc1_bias[e]
-        a = nn.functional.gelu(h * mask[s:t] / 0.75)
-        rows.append(a @ experts.fc2_weight[e].T + experts.fc2_bias[e])
-    y = torch.cat(rows) * weight[:, None]
-    ref = torch.zeros(10, 16).index_add(0, index, y)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    ref.square().sum().backward()
-    for a, b in zip(got, (x.grad, weight.grad, experts.fc1_weight.grad, experts.fc2_bias.grad)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -15,8 +15,8 @@ defaults to their behaviour:
   slots (their max expert count, 16): with combine weights summing to 1 the converted layer
   then adds only 1/16 of the pretrained bias. ``"keep"`` keeps the full bias.
 * ``expert_dropout=0.1``: each expert computes ``fc2(GELU(Dropout(fc1 x)))``, a dropout before
-  the activation that dense BERT does not have (their ``--moe_drop``; run fused by
-  ``glue/experts.py``). 0 removes it.
+  the activation that dense BERT does not have (their ``--moe_drop``; the core's experts with
+  ``drop_first``, on its fused path). 0 removes it.
 * ``route_padding=True``: padding tokens are routed like real ones (the attention mask never
   reaches their FFN) and count in the routing stats and in the capacity. False routes only
   real tokens; padding positions then get a zero FFN output.
@@ -30,7 +30,6 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from moebench.glue.experts import DropGELU, PreDropGELUExperts
 from moebench.io import atomic_write
 from moebench.moe import MoELayer
 
@@ -109,8 +108,7 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 def _activation(model: nn.Module, dropout: float) -> nn.Module:
     act = getattr(model.config, "hidden_act", "gelu")
     if act in _ACTIVATIONS:
-        approx = _ACTIVATIONS[act]
-        return DropGELU(dropout, approx) if dropout > 0 else nn.GELU(approximate=approx)
+        return nn.GELU(approximate=_ACTIVATIONS[act])
     if dropout > 0:
         raise ValueError(f"expert_dropout before the activation needs a GELU model, got {act!r}")
     known = {"relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU}
@@ -130,11 +128,9 @@ def moe_ffn(model: nn.Module, layer: nn.Module, spec: MoESpec, upcycle: bool = T
                    batch_prioritized=spec.batch_prioritized,
                    router_kwargs=dict(spec.router_kwargs),
                    device=fc1.weight.device, dtype=fc1.weight.dtype)
-    if isinstance(moe.experts.act, DropGELU):     # the authors' activation, fused path
-        moe.experts = PreDropGELUExperts(
-            spec.num_experts, fc1.in_features, fc1.out_features, fc2.out_features,
-            moe.experts.act.p, moe.experts.act.approximate, device=fc1.weight.device,
-            dtype=fc1.weight.dtype)
+    if spec.expert_dropout > 0:     # the authors' experts: GELU(Dropout(fc1 x)), fused path
+        moe.experts.drop = nn.Dropout(spec.expert_dropout)
+        moe.experts.drop_first = True
     if upcycle:
         moe.experts.load_dense(fc1, fc2)
         if spec.fc2_bias == "divide":

@@ -45,12 +45,15 @@ def as_module(act: Union[nn.Module, type, Callable[[Tensor], Tensor]]) -> nn.Mod
 
 
 class BatchedExperts(nn.Module):
-    """E independent FFN experts D -> H -> D_out with stacked parameters."""
+    """E independent FFN experts D -> H -> D_out with stacked parameters.
+
+    Each expert computes ``fc2(drop(act(fc1 x)))`` (timm's Mlp), or with ``drop_first``
+    ``fc2(act(drop(fc1 x)))`` (the MASS authors' BERT experts drop before GELU)."""
 
     def __init__(self, num_experts: int, in_features: int, hidden_features: int,
                  out_features: int, act: Union[nn.Module, type, Callable] = nn.GELU,
                  norm_layer: Optional[type] = None, bias: tuple[bool, bool] = (True, True),
-                 drop: float = 0.0, device=None, dtype=None) -> None:
+                 drop: float = 0.0, device=None, dtype=None, drop_first: bool = False) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.num_experts = num_experts
@@ -63,6 +66,7 @@ class BatchedExperts(nn.Module):
         self.fc2_bias = nn.Parameter(torch.empty(E, O, **dd)) if bias[1] else None
         self.act = as_module(act)
         self.drop = nn.Dropout(drop)
+        self.drop_first = bool(drop_first)
         self.norms = nn.ModuleList([norm_layer(H, **dd) for _ in range(E)]) \
             if norm_layer is not None else None
         self.grad_cache = GradBufferCache()   # CPU weight-gradient buffers, see grad_cache.py
@@ -91,6 +95,10 @@ class BatchedExperts(nn.Module):
         return list(zip(split(self.fc1_weight), split(self.fc1_bias),
                         split(self.fc2_weight), split(self.fc2_bias)))
 
+    def _hidden(self, h: Tensor) -> Tensor:
+        """The activation and dropout on fc1's output, in the configured order."""
+        return self.act(self.drop(h)) if self.drop_first else self.drop(self.act(h))
+
     def expert_forward(self, e: int, x: Tensor, params: Optional[tuple] = None) -> Tensor:
         """Expert e on rows x [n, D] -> [n, D_out] (``params``: its entry of
         :meth:`per_expert_params`, else the stacked tensors are indexed)."""
@@ -98,7 +106,7 @@ class BatchedExperts(nn.Module):
             params = tuple(None if p is None else p[e] for p in
                            (self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias))
         w1, b1, w2, b2 = params
-        h = self.drop(self.act(F.linear(x, w1, b1)))
+        h = self._hidden(F.linear(x, w1, b1))
         if self.norms is not None:
             h = self.norms[e](h)
         return F.linear(h, w2, b2)
@@ -137,9 +145,10 @@ class BatchedExperts(nn.Module):
             with torch.autocast(dev, enabled=False):
                 if kind is not None:
                     return fused_ffn(x, counts, w1, b1, w2, b2, kind, self.drop.p, self.training,
-                                     index=index, slot=slot, weight=weight, cache=cache)
+                                     index=index, slot=slot, weight=weight, cache=cache,
+                                     drop_first=self.drop_first)
                 h = gather_linear(x, counts, w1, b1, index=index, slot=slot, cache=cache)
-                a = self.drop(self.act(h))
+                a = self._hidden(h)
                 return linear_scatter(a, counts, w2, b2, weight=weight, index=index, slot=slot,
                                       cache=cache)
         xs = x if index is None else x.index_select(0, index)

@@ -96,7 +96,8 @@ def row_blocks(counts: tuple[int, ...], min_rows: Optional[int] = None,
 
 class _FusedFFN(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, index, slot, weight, counts, w1, b1, w2, b2, kind, p, training, cache):
+    def forward(ctx, x, index, slot, weight, counts, w1, b1, w2, b2, kind, p, training, cache,
+                drop_first):
         combine = slot is not None
         out = padded_buffer(sum(counts), w2.shape[1], x, pad=combine)
         blocks = row_blocks(counts, max_rows=max_piece_rows(w1.shape[1], x.element_size()))
@@ -104,10 +105,13 @@ class _FusedFFN(torch.autograd.Function):
         for s, t, members in blocks:
             xs = x[s:t] if index is None else x.index_select(0, index[s:t])
             h = linear_block(xs, members, w1, b1)
-            a = _act(h, kind)
             mask = None
             if training and p > 0:
-                mask = torch.empty_like(a, dtype=torch.bool).bernoulli_(1.0 - p)
+                mask = torch.empty_like(h, dtype=torch.bool).bernoulli_(1.0 - p)
+            if mask is not None and drop_first:      # act(drop(h)): h keeps the dropped value
+                h.mul_(mask).div_(1.0 - p)
+            a = _act(h, kind)
+            if mask is not None and not drop_first:  # drop(act(h))
                 a.mul_(mask).div_(1.0 - p)
             if weight is None:
                 y = linear_block(a, members, w2, b2, out=out[s:t])
@@ -116,13 +120,14 @@ class _FusedFFN(torch.autograd.Function):
                 torch.mul(y, weight[s:t].unsqueeze(1), out=out[s:t])
             saved.append((h, a, mask, y if weight is not None else None))
         ctx.save_for_backward(x, index, slot, weight, w1, b1, w2, b2)
-        ctx.blocks, ctx.saved, ctx.meta, ctx.cache = blocks, saved, (counts, kind, p), cache
+        ctx.blocks, ctx.saved, ctx.cache = blocks, saved, cache
+        ctx.meta = (counts, kind, p, drop_first)
         return gather_sum(out, slot) if combine else out
 
     @staticmethod
     def backward(ctx, gout):
         x, index, slot, weight, w1, b1, w2, b2 = ctx.saved_tensors
-        counts, kind, p = ctx.meta
+        counts, kind, p, drop_first = ctx.meta
         need_x, need_wt = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
         named = zip(("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"), (w1, b1, w2, b2))
         gw1, gb1, gw2, gb2 = expert_grad_buffers(tuple(named), ctx.needs_input_grad[5:9],
@@ -141,31 +146,34 @@ class _FusedFFN(torch.autograd.Function):
                 gy = gy * w if index is None else gy.mul_(w)   # a gathered gy is our own
             ga = ga_buf[:t - s]
             linear_block_backward(gy, a, members, w2, gw2, gb2, ga)
-            if mask is not None:
+            if mask is not None and not drop_first:
                 ga.mul_(mask).div_(1.0 - p)
             gh = _act_backward_(ga, h, kind)
+            if mask is not None and drop_first:
+                gh.mul_(mask).div_(1.0 - p)
             xs = x[s:t] if index is None else x.index_select(0, index[s:t])
             linear_block_backward(gh, xs, members, w1, gw1, gb1,
                                    None if gxs is None else gxs[s:t])
         gx = gxs if gxs is None or index is None else gather_sum(gxs, slot)
-        return gx, None, None, gweight, None, gw1, gb1, gw2, gb2, None, None, None, None
+        return gx, None, None, gweight, None, gw1, gb1, gw2, gb2, None, None, None, None, None
 
 
 def fused_ffn(x: Tensor, counts: list[int], w1: Tensor, b1: Optional[Tensor], w2: Tensor,
               b2: Optional[Tensor], kind: str, p: float = 0.0, training: bool = False,
               index: Optional[Tensor] = None, slot: Optional[Tensor] = None,
               weight: Optional[Tensor] = None,
-              cache: Optional[GradBufferCache] = None) -> Tensor:
+              cache: Optional[GradBufferCache] = None, drop_first: bool = False) -> Tensor:
     """Expert FFNs on grouped rows with fused gather/combine.
 
     x [T, D]; index [N] source token per grouped row and slot [T, k] its inverse (row of
     choice (t, r), N if none) — both or neither (then x is the grouped [N, D] input);
     counts rows per expert; weight [N] | None; w1 [E, H, D], b1 [E, H], w2 [E, O, H],
     b2 [E, O]; ``kind`` from :func:`act_kind`; dropout ``p`` after the activation when
-    ``training``; ``cache`` reuses the weight-gradient buffers across steps. Returns
+    ``training`` (before it with ``drop_first``: act(drop(fc1 x)), MASS's BERT experts);
+    ``cache`` reuses the weight-gradient buffers across steps. Returns
     [T, O] = Σ_r weight * expert(x_t) (or [N, O] without index).
     """
     if (index is None) != (slot is None):
         raise ValueError("fused_ffn needs both index and slot, or neither")
     return _FusedFFN.apply(x, index, slot, weight, tuple(counts), w1, b1, w2, b2, kind,
-                           float(p), bool(training), cache)
+                           float(p), bool(training), cache, bool(drop_first))
