@@ -218,7 +218,7 @@ def run(a: argparse.Namespace, work: Path, logs: Path) -> dict[str, Any]:
             continue
         left = a.budget - (time.perf_counter() - t0)
         cap = min(a.caps.get(part.name, part.cap_s), left)
-        if cap < MIN_START_S:
+        if left < MIN_START_S:
             entry = {"status": "skipped", "reason": f"budget spent ({max(left, 0):.0f} s "
                      "left)", "seconds": 0.0}
         else:

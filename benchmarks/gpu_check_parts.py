@@ -128,8 +128,8 @@ def dg_command(ctx: Ctx) -> list[str]:
 
 def dg_read(ctx: Ctx) -> tuple[dict, dict, Any]:
     data = _json(ctx)
-    fig: dict[str, Any] = {k: data.get(k) for k in ("step_ratio", "mem_ratio", "precision",
-                                                    "batch", "steps", "backbone")}
+    fig: dict[str, Any] = {k: data.get(k) for k in (
+        "step_ratio", "compute_ratio", "mem_ratio", "precision", "batch", "steps", "backbone")}
     for alg, r in data["runs"].items():
         fig[alg] = {k: r[k] for k in ("step_time", "data_time", "eval_time", "mem_gb", "wall_s")}
     paper = data["paper"]
@@ -145,7 +145,8 @@ def dg_summary(f: dict) -> str:
     return (f"erm {ms(e, 'step_time')} / gmoe {ms(g, 'step_time')} ms/step "
             f"(x{_f(f['step_ratio'])}, paper 1.015); mem {_f(e.get('mem_gb'), '{:.2f}')} / "
             f"{_f(g.get('mem_gb'), '{:.2f}')} GB (x{_f(f['mem_ratio'])}); data "
-            f"{ms(e, 'data_time')} / {ms(g, 'data_time')} ms")
+            f"{ms(e, 'data_time')} / {ms(g, 'data_time')} ms"
+            + (f" (update alone x{f['compute_ratio']:.3f})" if f.get("compute_ratio") else ""))
 
 
 # ------------------------------------------------------------------ GLUE step
