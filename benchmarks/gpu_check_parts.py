@@ -221,11 +221,11 @@ def latency_summary(f: dict) -> str:
 
 
 PARTS: tuple[Part, ...] = (
-    Part("gpu_tests", 80, tests_command, tests_read, tests_summary),
+    Part("gpu_tests", 70, tests_command, tests_read, tests_summary),
     Part("moe_layer", 60, moe_command("topk E8 k2"), moe_read, moe_summary),
     Part("dg_step", 120, dg_command, dg_read, dg_summary),
     Part("glue_step", 70, glue_command, glue_read, glue_summary),
-    Part("supernet_train", 50, supernet_command, supernet_read, supernet_summary),
+    Part("supernet_train", 60, supernet_command, supernet_read, supernet_summary),
     Part("subnet_latency", 40, latency_command, latency_read, latency_summary),
     Part("moe_layer_all", 90, moe_command("", quick=True), moe_read, moe_summary,
          smoke=False, optional=True),
