@@ -29,6 +29,7 @@ relative to the dense FFN once on k * T rows. CPU memory comes from the profiler
 allocation events.
 
   python benchmarks/moe_layer.py [--quick] [--json out.json] [--device cuda --dtype bf16]
+                                 [--batch 2]   (smoke size)
 """
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    p.add_argument("--batch", type=int, default=B,
+                   help=f"images of {M} tokens per step (ViT-S: {B}; fewer for a smoke run)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--block", type=int, default=1,
@@ -95,7 +98,8 @@ def sync(device: torch.device) -> None:
 def gemm_peak(device: torch.device, dtype: torch.dtype) -> float:
     """Best measured GFLOP/s over square and FFN-shaped matmuls."""
     best = 0.0
-    for m, k, n in ((2048, 2048, 2048), (B * M, D, H), (B * M, H, D), (H, B * M, D)):
+    sq = min(2048, B * M)             # the square probe shrinks with a smoke-sized batch
+    for m, k, n in ((sq, sq, sq), (B * M, D, H), (B * M, H, D), (H, B * M, D)):
         a = torch.randn(m, k, device=device, dtype=dtype)
         b = torch.randn(k, n, device=device, dtype=dtype)
         for _ in range(2):
@@ -315,7 +319,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    global B
     args = parse_args(argv)
+    B = args.batch                    # every shape below reads the module's B
     if args.quick:
         args.iters, args.warmup = min(args.iters, 5), min(args.warmup, 1)
     device = torch.device(args.device)

@@ -264,6 +264,7 @@ def test_bad_hparams_one_line_error(name: str, drop: tuple[str, ...], overrides:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", list(declarations()))
 def test_algorithm_runs_on_cuda(name: str) -> None:
