@@ -149,3 +149,12 @@ def test_evaluation_in_workers_and_other_batches_gives_the_same_accuracies(pacs,
     finally:
         loader.close()
     assert len(set(old.values())) > 1, "a model that tells the splits apart"
+
+
+def test_cli_loader_workers_is_auto_or_a_count(capsys):
+    from moebench.cli.dg import train as cli
+
+    assert cli.loader_workers("auto") == "auto" and cli.loader_workers("3") == 3
+    assert cli.main(["--loader-workers", "-1"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--loader-workers must be auto or a count >= 0, got '-1'" in err and "\n" not in err
