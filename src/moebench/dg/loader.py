@@ -56,7 +56,7 @@ def fetch(env: Dataset, idx: np.ndarray, seeds: Optional[np.ndarray] = None
 
     TensorDatasets are indexed (no transforms). Image folders decode each file; with
     ``seeds`` (training) sample ``k`` gets the env's ``augment_transform`` (when it has one)
-    under ``torch.manual_seed(seeds[k])``, else its (eval) ``transform``. The caller's torch
+    under ``torch.default_generator.manual_seed(seeds[k])``, else its (eval) ``transform``. The caller's torch
     RNG state is left as it was.
     """
     if isinstance(env, TensorDataset):
@@ -68,7 +68,7 @@ def fetch(env: Dataset, idx: np.ndarray, seeds: Optional[np.ndarray] = None
     try:
         for k, i in enumerate(idx):
             if seeds is not None:
-                torch.manual_seed(int(seeds[k]))
+                torch.default_generator.manual_seed(int(seeds[k]))
             if _decodes(env):
                 path, y = env.samples[int(i)]
                 x = (transform or env.transform)(env.loader(path))
