@@ -18,7 +18,7 @@ Each case is timed after a warm-up (its workers started, their first batches dec
 runs; the cases take turns for ``--rounds`` rounds and the best round counts. Ratios: ours / dbed at equal
 workers (target >= 0.95) and ours_2 / inproc (target >= 1.7).
 
-  python benchmarks/input_pipeline.py [--per-env 300] [--steps 8] [--rounds 2] [--json out.json]
+  python benchmarks/input_pipeline.py [--per-env 300] [--steps 8] [--rounds 3] [--json out.json]
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--per-env", type=int, default=300, help="images per environment")
     p.add_argument("--steps", type=int, default=8, help="timed training steps (3 envs x 32)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps / batches first")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--data", default=None, help="reuse / write the JPEG folder here")
     p.add_argument("--json", default=None, help="write the table as JSON to this path")

@@ -3,7 +3,9 @@
 Per run directory: ``spec.json`` (the run identity), ``results.jsonl`` (one DomainBed record per
 checkpoint, written line by line), ``checkpoint.pt`` (resume point, atomic) and ``done``.
 A run killed at any point and started again resumes from its last checkpoint and produces
-the same records (timing fields aside) as an uninterrupted run.
+the same records (timing fields aside) as an uninterrupted run. The batches come from
+:mod:`moebench.dg.loader` (DataLoader workers for image folders); the records do not depend
+on the number of workers.
 """
 from __future__ import annotations
 
