@@ -79,6 +79,20 @@ def test_augmentation_is_seeded_per_sample_and_leaves_the_caller_rng_alone(pacs)
     assert torch.equal(plain[0], plain[2])
 
 
+def test_batched_to_tensor_and_normalize_equal_torchvision_bit_for_bit(pacs):
+    _, ds = pacs
+    env, idx, seeds = ds.envs[2], np.array([3, 1, 4, 1, 5]), np.array([9, 8, 7, 6, 5])
+    x, y = fetch(env, idx)
+    assert torch.equal(x, torch.stack([env[int(i)][0] for i in idx]))
+    assert torch.equal(y, torch.stack([env[int(i)][1] for i in idx]))
+    x, _ = fetch(env, idx, seeds)
+    ref = []
+    for i, s in zip(idx, seeds):
+        torch.manual_seed(int(s))
+        ref.append(env.augment_transform(env.loader(env.samples[int(i)][0])))
+    assert torch.equal(x, torch.stack(ref))
+
+
 def test_auto_workers_are_zero_in_memory_and_positive_for_image_folders(pacs):
     _, ds = pacs
     assert resolve_workers("auto", [torch.utils.data.TensorDataset(torch.zeros(2, 1))]) == 0
@@ -125,7 +139,8 @@ def _old_accuracy(algorithm, env, idx, seed):
     algorithm.eval()
     with torch.no_grad():
         for k in range(0, len(order), 64):
-            x, y = fetch(env, order[k : k + 64])
+            items = [env[int(i)] for i in order[k : k + 64]]   # ImageFolder.__getitem__
+            x, y = torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
             correct += int((algorithm.predict(x).argmax(1) == y).sum())
     algorithm.train()
     return correct / len(order)

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torchvision import transforms as T
 
 from moebench.distributed import World
 from moebench.hparams import seed_hash
@@ -50,28 +51,62 @@ def _decodes(env: Dataset) -> bool:
     return hasattr(env, "samples") and hasattr(env, "loader") and callable(getattr(env, "transform", None))
 
 
+def _split_tail(transform: Any) -> tuple[Any, Any, torch.Tensor, torch.Tensor] | None:
+    """``Compose([..., ToTensor(), Normalize(mean, std)])`` -> (the PIL part, the tensor
+    part, mean [1, C, 1, 1], std [1, C, 1, 1]); None for any other transform."""
+    steps = getattr(transform, "transforms", None)
+    if (not isinstance(transform, T.Compose) or len(steps) < 2 or type(steps[-2]) is not T.ToTensor
+            or type(steps[-1]) is not T.Normalize):
+        return None
+    mean = torch.as_tensor(steps[-1].mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.as_tensor(steps[-1].std, dtype=torch.float32).view(1, -1, 1, 1)
+    return T.Compose(steps[:-2]), T.Compose(steps[-2:]), mean, std
+
+
+def _to_normalized(images: list, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor | None:
+    """ToTensor + Normalize of equal-sized RGB PIL images, once for the batch: float32
+    [B, 3, H, W], bit for bit what the per-image transforms give (x / 255 - mean) / std
+    (None if the images are not all RGB of one size)."""
+    if any(im.mode != "RGB" or im.size != images[0].size for im in images):
+        return None
+    w, h = images[0].size
+    u8 = torch.from_numpy(np.stack([np.asarray(im) for im in images]))      # [B, H, W, 3]
+    if torch.utils.data.get_worker_info() is not None:   # as default_collate: shared memory
+        storage = torch.empty(0)._typed_storage()._new_shared(len(images) * 3 * h * w)
+        out = torch.empty(0).new(storage).view(len(images), 3, h, w)
+    else:
+        out = torch.empty(len(images), 3, h, w)
+    out.copy_(u8.permute(0, 3, 1, 2))
+    return out.div_(255).sub_(mean).div_(std)
+
+
 def fetch(env: Dataset, idx: np.ndarray, seeds: Optional[np.ndarray] = None
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``idx`` of an env as (x [B, C, H, W], y int64 [B]).
 
     TensorDatasets are indexed (no transforms). Image folders decode each file; with
     ``seeds`` (training) sample ``k`` gets the env's ``augment_transform`` (when it has one)
-    under ``torch.default_generator.manual_seed(seeds[k])``, else its (eval) ``transform``. The caller's torch
-    RNG state is left as it was.
+    under ``torch.default_generator.manual_seed(seeds[k])``, else its (eval) ``transform``;
+    a trailing ToTensor + Normalize runs once per batch. The caller's torch RNG state is
+    left as it was.
     """
     if isinstance(env, TensorDataset):
         t = torch.as_tensor(idx, dtype=torch.long)
         return env.tensors[0][t], env.tensors[1][t]
-    transform = getattr(env, "augment_transform", None) if seeds is not None else None
+    decodes = _decodes(env)
+    transform = (getattr(env, "augment_transform", None) if seeds is not None else None) or (
+        env.transform if decodes else None)
+    split = _split_tail(transform) if decodes else None
+    per_image = split[0] if split else transform
     state = torch.get_rng_state() if seeds is not None else None
     xs, ys = [], []
     try:
         for k, i in enumerate(idx):
             if seeds is not None:
                 torch.default_generator.manual_seed(int(seeds[k]))
-            if _decodes(env):
+            if decodes:
                 path, y = env.samples[int(i)]
-                x = (transform or env.transform)(env.loader(path))
+                x = per_image(env.loader(path))
             else:
                 x, y = env[int(i)]
             xs.append(x)
@@ -79,8 +114,14 @@ def fetch(env: Dataset, idx: np.ndarray, seeds: Optional[np.ndarray] = None
     finally:
         if state is not None:
             torch.set_rng_state(state)
+    labels = torch.tensor(ys, dtype=torch.long)
+    if split:
+        batch = _to_normalized(xs, split[2], split[3])
+        if batch is not None:
+            return batch, labels
+        xs = [split[1](x) for x in xs]           # mixed modes / sizes: image by image
     # default_collate stacks straight into shared memory inside a worker (no extra copy)
-    return default_collate(xs), torch.tensor(ys, dtype=torch.long)
+    return default_collate(xs), labels
 
 
 class Splits:
