@@ -98,6 +98,8 @@ def _timed(records):
     for r in out:
         gmoe = r["algorithm"] == "gmoe"
         r["step_time"] = (0.5 if r["step"] == 0 else 0.02 + (0.01 if gmoe else 0.0))
+        if r["dataset"] == "colored_digits":      # rotated_digits: records without data_time
+            r["data_time"] = 0.5 if r["step"] == 0 else 0.004
         r["mem_gb"] = (2.0 if gmoe else 1.0) + 0.1 * r["trial_seed"] + (0.05 if r["step"] else 0.0)
     return out
 
@@ -112,6 +114,8 @@ def test_bubble_csv_has_time_memory_accuracy_per_algorithm(tmp_path, records):
     # step 0 (warm-up window) is left out; memory = mean over runs of each run's peak
     assert frame.loc[("colored_digits", "erm"), "step_time"] == pytest.approx(0.02)
     assert frame.loc[("colored_digits", "gmoe"), "step_time"] == pytest.approx(0.03)
+    assert frame.loc[("colored_digits", "gmoe"), "data_time"] == pytest.approx(0.004)
+    assert np.isnan(frame.loc[("rotated_digits", "erm"), "data_time"])
     assert frame.loc[("colored_digits", "erm"), "mem_gb"] == pytest.approx(1.05 + 0.05)
     assert frame.loc[("colored_digits", "gmoe"), "mem_gb"] == pytest.approx(2.05 + 0.05)
     assert frame.loc[("colored_digits", "erm"), "n_runs"] == 6  # 3 single test envs x 2 trials

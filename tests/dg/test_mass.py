@@ -244,7 +244,7 @@ def test_trainer_kill_and_resume_inside_the_expansion_phase(tmp_path, monkeypatc
         out = trainer.train_run(spec, ds, str(path), tmp_path / name, torch.device("cpu"),
                                 trainer.RunOptions(progress=False))
         recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k not in ("step_time", "mem_gb", "args")}
+        return [{k: v for k, v in r.items() if k not in ("step_time", "data_time", "eval_time", "mem_gb", "args")}
                 for r in recs]
 
     whole = run("whole")

@@ -93,6 +93,11 @@ def test_every_declared_hparam_rejects_bad_values_naming_file_and_key(tmp_path, 
     ({"sweep": {"algorithms": ["erm", "gmoee"]}},
      "my.yaml: sweep.algorithms[1]: unknown algorithm 'gmoee'; valid: erm, gmoe, mass, mode, soft_moe"),
     ({"report": {"algorithm_order": ["gmoe", "nope"]}}, "my.yaml: report.algorithm_order.1: 'nope'"),
+    ({"sweep": {"loader_workers": -1}}, "my.yaml: sweep.loader_workers: -1 is invalid"),
+    ({"sweep": {"loader_workers": "many"}}, "my.yaml: sweep.loader_workers: 'many' is invalid"),
+    ({"sweep": {"eval_batch_size": 0}}, "my.yaml: sweep.eval_batch_size: 0 is invalid"),
+    ({"sweep": {"eval_batch_size": "big"}},
+     "my.yaml: sweep.eval_batch_size: 'big' is invalid ('big' is not of type 'integer')"),
 ])
 def test_cross_field_ranges_and_names_are_one_line(tmp_path, patch, message):
     override = tmp_path / "my.yaml"
@@ -112,3 +117,11 @@ def test_the_default_params_are_valid_and_the_report_follows_the_sweep_order():
     assert algorithm_order(config) == config["sweep"]["algorithms"]
     config["report"]["algorithm_order"] = ["mass", "erm"]
     assert algorithm_order(config) == ["mass", "erm"]
+
+
+def test_loader_options_are_how_not_what_run_ids_do_not_change():
+    config = base_config()
+    runs = validate(config, SCHEMAS, list(map(str, BASE)))
+    assert (config["sweep"]["loader_workers"], config["sweep"]["eval_batch_size"]) == ("auto", 64)
+    update_config(config, {"sweep": {"loader_workers": 2, "eval_batch_size": 128}})
+    assert [r.run_id for r in validate(config, SCHEMAS, list(map(str, BASE)))] == [r.run_id for r in runs]

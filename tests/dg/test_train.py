@@ -13,7 +13,7 @@ from moebench.dg.datasets import build_dataset, load_dataset
 from moebench.hparams import seed_hash
 from moebench.dg.sweep import RunSpec
 
-VOLATILE = ("step_time", "mem_gb")
+VOLATILE = ("step_time", "data_time", "eval_time", "mem_gb")
 QUIET = train.RunOptions(progress=False)
 
 

@@ -3,7 +3,9 @@
 Per run directory: ``spec.json`` (the run identity), ``results.jsonl`` (one DomainBed record per
 checkpoint, written line by line), ``checkpoint.pt`` (resume point, atomic) and ``done``.
 A run killed at any point and started again resumes from its last checkpoint and produces
-the same records (timing fields aside) as an uninterrupted run.
+the same records (timing fields aside) as an uninterrupted run. The batches come from
+:mod:`moebench.dg.loader` (DataLoader workers for image folders); the records do not depend
+on the number of workers.
 """
 from __future__ import annotations
 
@@ -18,78 +20,15 @@ import torch
 
 from moebench.device import autocast, peak_memory_gb
 from moebench.distributed import World, average_gradients
+from moebench.dg.loader import EVAL_BATCH_SIZE, Loader, RunStream, Splits, fetch, resolve_workers, split_env
 from moebench.dg.sweep import RunSpec
 from moebench.errors import RunError
-from moebench.hparams import seed_hash
 from moebench.io import atomic_write
 from moebench.moe import backend
 from moebench.runs import RunState, diverged_record, is_finite, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-EVAL_BATCH_SIZE = 64
-
-
-def split_env(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """DomainBed's split_dataset: a seeded permutation; first ``int(n*f)`` are 'out', rest 'in'."""
-    perm = np.random.RandomState(seed).permutation(n)
-    n_out = int(n * holdout_fraction)
-    return perm[n_out:], perm[:n_out]
-
-
-def fetch(dataset: torch.utils.data.Dataset, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``idx`` of an env as (x [B, C, H, W], y [B]); fast path for TensorDatasets."""
-    if isinstance(dataset, torch.utils.data.TensorDataset):
-        t = torch.as_tensor(idx, dtype=torch.long)
-        return dataset.tensors[0][t], dataset.tensors[1][t]
-    items = [dataset[int(i)] for i in idx]
-    return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
-
-
-class Splits:
-    """Per-environment in/out index splits and deterministic minibatch sampling."""
-
-    def __init__(self, envs: Sequence[torch.utils.data.Dataset], spec: RunSpec) -> None:
-        self.envs = list(envs)
-        self.spec = spec
-        self.ins, self.outs = [], []
-        for i, env in enumerate(self.envs):
-            idx_in, idx_out = split_env(len(env), spec.holdout_fraction, seed_hash(spec.trial_seed, i))
-            self.ins.append(idx_in)
-            self.outs.append(idx_out)
-        self.train_envs = [i for i in range(len(self.envs)) if i not in spec.test_envs]
-
-    def minibatches(self, step: int, batch_size: int, device: torch.device,
-                    world: World = World()) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One minibatch per training env, sampled with replacement, seeded by (seed, env, step).
-
-        Under data parallelism rank r takes rows r, r + size, ... of each minibatch.
-        """
-        batches = []
-        for i in self.train_envs:
-            rng = np.random.RandomState(seed_hash(self.spec.seed, i, step))
-            idx = self.ins[i][rng.randint(len(self.ins[i]), size=batch_size)][world.rank :: world.size]
-            x, y = fetch(self.envs[i], idx)
-            batches.append((x.to(device), y.to(device)))
-        return batches
-
-    def steps_per_epoch(self, batch_size: int) -> float:
-        return min(len(idx) / batch_size for idx in self.ins)
-
-
-@torch.no_grad()
-def accuracy(algorithm: Any, env: torch.utils.data.Dataset, idx: np.ndarray, device: torch.device, seed: int) -> float:
-    """Accuracy on rows ``idx``, evaluated in a seeded shuffled order, batches of 64."""
-    if len(idx) == 0:
-        return float("nan")
-    order = idx[np.random.RandomState(seed).permutation(len(idx))]
-    correct = 0
-    algorithm.eval()
-    for k in range(0, len(order), EVAL_BATCH_SIZE):
-        x, y = fetch(env, order[k : k + EVAL_BATCH_SIZE])
-        logits = algorithm.predict(x.to(device))
-        correct += int((logits.argmax(1).cpu() == y).sum())
-    algorithm.train()
-    return correct / len(order)
+__all__ = ["EVAL_BATCH_SIZE", "RunOptions", "Splits", "fetch", "split_env", "train_batch", "train_run"]
 
 
 def run_args(spec: RunSpec, run_dir: Path, data_path: str) -> dict[str, Any]:
@@ -101,15 +40,6 @@ def run_args(spec: RunSpec, run_dir: Path, data_path: str) -> dict[str, Any]:
         "holdout_fraction": spec.holdout_fraction, "task": "domain_generalization",
         "output_dir": str(run_dir), "data_dir": str(data_path), "run_id": spec.run_id,
     }
-
-
-def evaluate_all(algorithm: Any, splits: Splits, device: torch.device, seed: int) -> dict[str, float]:
-    """``env{i}_in_acc`` and ``env{i}_out_acc`` for every environment."""
-    accs = {}
-    for i, env in enumerate(splits.envs):
-        accs[f"env{i}_in_acc"] = accuracy(algorithm, env, splits.ins[i], device, seed_hash(seed, i, "in"))
-        accs[f"env{i}_out_acc"] = accuracy(algorithm, env, splits.outs[i], device, seed_hash(seed, i, "out"))
-    return accs
 
 
 def build_algorithm(spec: RunSpec, dataset: Any, device: torch.device,
@@ -136,22 +66,38 @@ class RunOptions:
 
     world: data-parallel ranks (see moebench.distributed); save_model: keep ``model.pt``
     (the trained network's state dict) when the run is done; progress: tqdm bar
-    (None = only on a terminal); plugins: extra algorithm modules (params ``plugins``).
+    (None = only on a terminal); plugins: extra algorithm modules (params ``plugins``);
+    loader_workers: DataLoader workers decoding the batches ("auto": 0 for in-memory
+    datasets, else from the cores and ``jobs_per_node``; 0 = in this process);
+    eval_batch_size: images per evaluation batch (DomainBed: 64; GMoE's expert capacity is
+    per batch, so other values can change its accuracies); prefetch: batches queued per worker.
     """
 
     world: World = World()
     save_model: bool = False
     progress: bool | None = None
     plugins: tuple[str, ...] = ()
+    loader_workers: int | str = "auto"
+    jobs_per_node: int = 1
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    prefetch: int = 2
+
+    def loader(self, envs: Sequence[Any], device: torch.device) -> Loader:
+        """The input pipeline of one dataset under these options."""
+        workers = resolve_workers(self.loader_workers, envs, self.jobs_per_node)
+        return Loader(envs, workers, self.prefetch, pin=device.type == "cuda")
 
 
-def checkpoint_record(algorithm: Any, spec: RunSpec, splits: Splits,
+def checkpoint_record(algorithm: Any, spec: RunSpec, splits: Splits, stream: RunStream,
                       window: Mapping[str, list[float]], step: int, device: torch.device,
                       extra: Mapping[str, Any]) -> dict[str, Any]:
-    """The DomainBed record of one checkpoint (averages over the window since the last one)."""
+    """The DomainBed record of one checkpoint (averages over the window since the last one);
+    ``eval_time`` is the seconds its evaluation took."""
     record: dict[str, Any] = {key: float(np.mean(vals)) for key, vals in window.items()}
+    t0 = time.perf_counter()
     with autocast(spec.precision, device):
-        record.update(evaluate_all(algorithm, splits, device, spec.seed))
+        record.update(stream.evaluate(algorithm, step))
+    record["eval_time"] = time.perf_counter() - t0
     batch_size = int(spec.hparams["batch_size"])
     record.update(step=step, epoch=step / splits.steps_per_epoch(batch_size),
                   mem_gb=peak_memory_gb(device), hparams=dict(spec.hparams),
@@ -180,11 +126,15 @@ def _progress(spec: RunSpec, start: int, options: RunOptions) -> Any:
 
 
 def train_run(spec: RunSpec, dataset: Any, data_path: str, run_dir: str | Path,
-              device: torch.device, options: RunOptions = RunOptions()) -> Path:
+              device: torch.device, options: RunOptions = RunOptions(),
+              loader: Loader | None = None) -> Path:
     """Train one run under the DomainBed protocol; returns its run directory.
 
     Skips a run that is already ``done``; resumes one that has a checkpoint. A non-finite
     loss ends the run at that step with a record holding ``"diverged": true`` (and ``done``).
+    ``loader``: the dataset's input pipeline (shared by the runs of a batch; default: one
+    of ``options``, closed at the end). Per record ``step_time`` is the mean update time
+    (s/step) and ``data_time`` the mean wait for the step's minibatches, on the device.
     """
     run_dir, world = Path(run_dir), options.world
     state = RunState(run_dir)
@@ -198,39 +148,57 @@ def train_run(spec: RunSpec, dataset: Any, data_path: str, run_dir: str | Path,
     average_gradients(algorithm.optimizer, world)
     start = _restore(state, algorithm, truncate=world.is_main)
     splits = Splits(dataset.envs, spec)
-    extra = {"args": run_args(spec, run_dir, data_path), "dataset": spec.dataset,
-             "algorithm": spec.algorithm, "environments": list(dataset.environments)}
-    backend.used(reset=True)                # count only this run's expert kernels
-    window: dict[str, list[float]] = {}
-    for step in _progress(spec, start, options):
-        t0 = time.time()
-        with autocast(spec.precision, device):
-            out = algorithm.update(splits.minibatches(step, int(spec.hparams["batch_size"]),
-                                                      device, world))
-        window.setdefault("step_time", []).append(time.time() - t0)
-        for key, value in out.items():
-            window.setdefault(key, []).append(float(value))
-        if not is_finite(out.get("loss")):
-            if world.is_main:
-                record = checkpoint_record(algorithm, spec, splits, window, step, device, extra)
-                state.append(diverged_record(record, step, out.get("loss")))
-            break
-        if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
-            if world.is_main:
-                _checkpoint(state, algorithm, spec, splits, window, step, device, extra)
-            world.barrier()
-            window = {}
+    own = loader is None
+    loader = options.loader(dataset.envs, device) if loader is None else loader
+    try:
+        stream = RunStream(loader, splits, spec, start, device, world, options.eval_batch_size)
+        _loop(algorithm, spec, splits, stream, state, start, device, options, {
+            "args": run_args(spec, run_dir, data_path), "dataset": spec.dataset,
+            "algorithm": spec.algorithm, "environments": list(dataset.environments),
+            "loader": {"workers": loader.workers, "eval_batch_size": options.eval_batch_size}})
+    finally:
+        if own:
+            loader.close()
     if world.is_main:
         state.finish(_model_saver(algorithm) if options.save_model else None)
     world.barrier()
     return run_dir
 
 
-def _checkpoint(state: RunState, algorithm: Any, spec: RunSpec, splits: Splits,
+def _loop(algorithm: Any, spec: RunSpec, splits: Splits, stream: RunStream, state: RunState,
+          start: int, device: torch.device, options: RunOptions, extra: Mapping[str, Any]) -> None:
+    """Steps ``start`` .. ``spec.steps - 1``: wait for the minibatches, update, checkpoint."""
+    world = options.world
+    backend.used(reset=True)                # count only this run's expert kernels
+    window: dict[str, list[float]] = {}
+    for step in _progress(spec, start, options):
+        t0 = time.perf_counter()
+        minibatches = stream.minibatches(step)
+        t1 = time.perf_counter()
+        with autocast(spec.precision, device):
+            out = algorithm.update(minibatches)
+        window.setdefault("step_time", []).append(time.perf_counter() - t1)
+        window.setdefault("data_time", []).append(t1 - t0)
+        for key, value in out.items():
+            window.setdefault(key, []).append(float(value))
+        if not is_finite(out.get("loss")):
+            if world.is_main:
+                record = checkpoint_record(algorithm, spec, splits, stream, window, step, device,
+                                           extra)
+                state.append(diverged_record(record, step, out.get("loss")))
+            return
+        if step % spec.checkpoint_freq == 0 or step == spec.steps - 1:
+            if world.is_main:
+                _checkpoint(state, algorithm, spec, splits, stream, window, step, device, extra)
+            world.barrier()
+            window = {}
+
+
+def _checkpoint(state: RunState, algorithm: Any, spec: RunSpec, splits: Splits, stream: RunStream,
                 window: Mapping[str, list[float]], step: int, device: torch.device,
                 extra: Mapping[str, Any]) -> None:
     """Evaluate, append the record, save the resume point, log one line."""
-    record = checkpoint_record(algorithm, spec, splits, window, step, device, extra)
+    record = checkpoint_record(algorithm, spec, splits, stream, window, step, device, extra)
     state.append(record)
     state.save({"algorithm": algorithm.checkpoint_state(), "rng": rng_state()}, step)
     log.info("%s step %d loss %.4f %s", state.dir.name, step, record.get("loss", float("nan")),
@@ -257,13 +225,19 @@ def train_batch(plan: Mapping[str, Any], batch_key: str, device: torch.device,
     entries = plan["batches"][batch_key]
     dirs = []
     datasets: dict[str, Any] = {}
-    for n, entry in enumerate(entries, 1):
-        spec = RunSpec.from_dict(entry["spec"])
-        data_path = plan["data_paths"][spec.dataset]
-        if spec.dataset not in datasets:
-            datasets[spec.dataset] = load_dataset(spec.dataset, data_path)
-        log.info("run %d/%d of %s: %s test_envs=%s trial=%d", n, len(entries), batch_key,
-                 entry["run_id"], list(spec.test_envs), spec.trial_seed)
-        dirs.append(train_run(spec, datasets[spec.dataset], data_path, entry["run_dir"], device,
-                              options))
+    loaders: dict[str, Loader] = {}          # one set of persistent workers per dataset
+    try:
+        for n, entry in enumerate(entries, 1):
+            spec = RunSpec.from_dict(entry["spec"])
+            data_path = plan["data_paths"][spec.dataset]
+            if spec.dataset not in datasets:
+                datasets[spec.dataset] = load_dataset(spec.dataset, data_path)
+                loaders[spec.dataset] = options.loader(datasets[spec.dataset].envs, device)
+            log.info("run %d/%d of %s: %s test_envs=%s trial=%d", n, len(entries), batch_key,
+                     entry["run_id"], list(spec.test_envs), spec.trial_seed)
+            dirs.append(train_run(spec, datasets[spec.dataset], data_path, entry["run_dir"],
+                                  device, options, loaders[spec.dataset]))
+    finally:
+        for loader in loaders.values():
+            loader.close()
     return dirs

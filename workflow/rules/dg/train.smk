@@ -24,6 +24,8 @@ rule dg_train:
         threads=SWEEP["threads"],
         jobs_per_gpu=SWEEP["jobs_per_gpu"],
         moe_backend=SWEEP["moe_backend"],
+        loader_workers=SWEEP["loader_workers"],
+        eval_batch_size=SWEEP["eval_batch_size"],
         # keep model.pt of the batches holding a run drawn as attention maps (report.smk)
         save=lambda wc: "--save-model" if f"{wc.dataset}/{wc.algorithm}/{wc.batch}" in SAVE_MODEL_BATCHES else "",
     wildcard_constraints:
@@ -42,6 +44,7 @@ rule dg_train:
         "--batch {wildcards.dataset}/{wildcards.algorithm}/{wildcards.batch} "
         "--marker {output} --device {params.device} --threads {params.threads} "
         "--jobs-per-gpu {params.jobs_per_gpu} --moe-backend {params.moe_backend} "
+        "--loader-workers {params.loader_workers} --eval-batch-size {params.eval_batch_size} "
         "--progress off {params.save} > {log} 2>&1"
 
 

@@ -52,6 +52,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-model", action="store_true", help="keep model.pt when a run is done")
     p.add_argument("--moe-backend", choices=["auto", "torch", "native"], default="auto",
                    help="expert GEMM kernels (written into every record)")
+    p.add_argument("--loader-workers", default="auto", metavar="auto|N",
+                   help="DataLoader workers decoding images (auto: 0 for in-memory datasets, else "
+                        "cores / jobs per node - 1, at most 8; 0 = in this process)")
+    p.add_argument("--eval-batch-size", type=int, default=64,
+                   help="images per evaluation batch (DomainBed: 64)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="extra algorithm module with a DECLARATION (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -93,14 +98,28 @@ def single_run_spec(args: argparse.Namespace):
     )
 
 
+def loader_workers(value: str) -> int | str:
+    """``--loader-workers``: "auto" or a count >= 0 (one-line UsageError otherwise)."""
+    if value == "auto":
+        return value
+    if not value.isdigit():
+        raise UsageError(f"--loader-workers must be auto or a count >= 0, got {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     setup_logging(args.verbose)
 
     def body() -> int:
+        workers = loader_workers(args.loader_workers)
+        if args.eval_batch_size < 1:
+            raise UsageError(f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
+        jobs_per_node = 1
         if args.device in ("auto", "cuda") and "LOCAL_RANK" not in os.environ:
-            from moebench.gpu import claim_gpu
+            from moebench.gpu import claim_gpu, visible_gpus
 
+            jobs_per_node = max(1, len(visible_gpus()) * args.jobs_per_gpu)
             claim_gpu(args.jobs_per_gpu)  # before anything initialises CUDA
         import torch
 
@@ -122,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         options = train.RunOptions(
             world=init_world(device), save_model=args.save_model,
             progress={"auto": None, "on": True, "off": False}[args.progress],
-            plugins=tuple(args.plugin))
+            plugins=tuple(args.plugin), loader_workers=workers, jobs_per_node=jobs_per_node,
+            eval_batch_size=args.eval_batch_size)
         if args.plan:
             if not args.batch:
                 raise UsageError("--plan needs --batch")

@@ -164,6 +164,9 @@ class ImageFolderDomains(DomainDatasetSpec):
 
         Environments not in ``test_envs`` use :func:`train_transform` when ``augment``
         (DomainBed also uses it for their held-out "out" split); others :func:`eval_transform`.
+        Every env also carries ``augment_transform`` (:func:`train_transform`): the training
+        loop (moebench.dg.loader) augments its minibatches with it, seeded per sample, and
+        evaluates every split through ``transform``.
         """
         path = Path(path)
         classes = cls.validate(path)
@@ -176,6 +179,8 @@ class ImageFolderDomains(DomainDatasetSpec):
                             transform=train_transform(size) if augment and i not in test_envs
                             else eval_transform(size))
                 for i, folder in enumerate(sorted(cls.FOLDERS))]
+        for env in envs:    # what the training minibatches use (moebench.dg.loader.fetch)
+            env.augment_transform = train_transform(size)  # type: ignore[attr-defined]
         return DomainDataset(
             name=cls.NAME, environments=list(cls.ENVIRONMENTS), input_shape=cls.INPUT_SHAPE,
             num_classes=cls.N_CLASSES, envs=list(envs),

@@ -78,10 +78,13 @@ def _run_key(record: Record) -> tuple:
 
 
 def run_costs(records: Iterable[Record]) -> pd.DataFrame:
-    """Per single-test-env run: mean ``step_time`` (s, over its checkpoints after step 0 —
-    step 0's window is one warm-up step) and peak ``mem_gb`` (max over checkpoints).
+    """Per single-test-env run: mean ``step_time`` (s, the update's compute per step) and
+    ``data_time`` (s, the wait for its minibatches; NaN in records without it) over its
+    checkpoints after step 0 (step 0's window is one warm-up step) and peak ``mem_gb``
+    (max over checkpoints).
 
-    Columns ``dataset, algorithm, step_time, mem_gb``; runs without timings are left out.
+    Columns ``dataset, algorithm, step_time, data_time, mem_gb``; runs without timings are
+    left out.
     """
     per_run: dict[tuple, list[Record]] = {}
     for record in records:
@@ -91,15 +94,17 @@ def run_costs(records: Iterable[Record]) -> pd.DataFrame:
     for key, recs in per_run.items():
         later = [r for r in recs if r["step"] > 0] or recs
         mems = [float(r["mem_gb"]) for r in recs if r.get("mem_gb") is not None]
+        waits = [float(r["data_time"]) for r in later if r.get("data_time") is not None]
         rows.append({"dataset": key[0], "algorithm": key[1],
                      "step_time": float(np.mean([float(r["step_time"]) for r in later])),
+                     "data_time": float(np.mean(waits)) if waits else float("nan"),
                      "mem_gb": max(mems) if mems else float("nan")})
-    return pd.DataFrame(rows, columns=["dataset", "algorithm", "step_time", "mem_gb"])
+    return pd.DataFrame(rows, columns=["dataset", "algorithm", "step_time", "data_time", "mem_gb"])
 
 
 def bubble_frame(records: Sequence[Record], report: Report, selection: str = "iid") -> pd.DataFrame:
-    """One row per dataset and algorithm: ``step_time`` (s/step, mean over single-test-env
-    runs), ``mem_gb`` (mean over runs of each run's peak), ``accuracy``/``accuracy_err``
+    """One row per dataset and algorithm: ``step_time`` and ``data_time`` (s/step, means over
+    single-test-env runs; see :func:`run_costs`), ``mem_gb`` (mean over runs of each run's peak), ``accuracy``/``accuracy_err``
     (Averages-table cell, percent) and ``n_runs``."""
     result = method_results(report, selection)
     costs = run_costs(records)
@@ -112,11 +117,13 @@ def bubble_frame(records: Sequence[Record], report: Report, selection: str = "ii
                 continue
             rows.append({"dataset": dataset, "algorithm": algorithm, "selection": selection,
                          "step_time": _round(runs.step_time.mean()) if len(runs) else np.nan,
+                         "data_time": _round(runs.data_time.mean()) if len(runs) else np.nan,
                          "mem_gb": _round(runs.mem_gb.mean()) if len(runs) else np.nan,
                          "accuracy": _round(cell.mean), "accuracy_err": _round(cell.err),
                          "n_runs": len(runs)})
     return pd.DataFrame(rows, columns=["dataset", "algorithm", "selection", "step_time",
-                                       "mem_gb", "accuracy", "accuracy_err", "n_runs"])
+                                       "data_time", "mem_gb", "accuracy", "accuracy_err",
+                                       "n_runs"])
 
 
 def _val_test(record: Record) -> tuple[float, float]:

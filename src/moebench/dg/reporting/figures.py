@@ -142,7 +142,10 @@ def _bubble_panel(ax, sub: pd.DataFrame, colors: dict, size_per_gb: float) -> No
 
 def bubble_chart(records: Sequence[Record], report: Report, stem: str | os.PathLike[str],
                  selection: str = "iid") -> list[Path]:
-    """Accuracy vs training step time, bubble area ∝ peak memory; one panel per dataset."""
+    """Accuracy vs training step time, bubble area ∝ peak memory; one panel per dataset.
+
+    Step time is the records' ``step_time`` (the update's compute per step); the wait for
+    the minibatches (``data_time``) is excluded and goes into the CSV next to it."""
     frame = figdata.bubble_frame(records, report, selection)
     method = figdata.method_results(report, selection).method
     datasets = list(dict.fromkeys(frame.dataset)) or ["(none)"]
@@ -166,6 +169,7 @@ def bubble_chart(records: Sequence[Record], report: Report, stem: str | os.PathL
     if handles:
         fig.legend(handles=handles, title="Algorithm", loc="outside right upper")
     fig.suptitle("Accuracy vs training step time (bubble area ∝ peak memory)\n"
+                 "step time = update compute per step; data wait excluded (data_time, CSV)\n"
                  f"accuracy: Averages table, {method.name}", fontsize=10)
     return save_figure(fig, frame, stem)
 
