@@ -95,6 +95,9 @@ rule supernet_train:
     log:
         "results/logs/supernet/train/{run}.log",
     threads: 1
+    # before the scoring jobs: with 3 supernets on 2 cores the third starts as soon as a
+    # core frees, and the scoring of the first two runs beside it
+    priority: 30
     resources:
         mem_mb=4000,
         runtime=60,
