@@ -7,7 +7,7 @@ import re
 import pytest
 
 from helpers_supernet_search import SEARCH_TINY
-from test_supernet_workflow import _setup, _snakemake
+from test_supernet_workflow import _setup, _snakemake, assert_one_params_error
 
 
 @pytest.mark.slow
@@ -58,11 +58,7 @@ def test_workflow_builds_the_search_tables_and_figures(tmp_path):
     ({"latency": {"measure": {"beam": 0}}}, r"supernet.latency.measure.beam: 0 must be a positive"),
 ])
 def test_bad_search_params_stop_the_workflow_with_one_line(tmp_path, extra, message):
-    _setup(tmp_path, extra)
-    out = _snakemake(tmp_path, "-n", "--", "results/tables")
-    lines = [x for x in out.stderr.splitlines() if x.startswith("moebench: params error:")]
-    assert out.returncode == 1 and len(lines) == 1, out.stderr[-2000:]
-    assert re.search(message, lines[0]), lines[0]
+    assert_one_params_error(tmp_path, extra, message)
 
 
 def test_paper_search_dry_run_lists_the_jobs(tmp_path):

@@ -101,6 +101,12 @@ def test_workflow_builds_the_supernet_table_and_figure(tmp_path):
                                            r"non-empty list"),
 ])
 def test_bad_params_stop_the_workflow_with_one_line(tmp_path, extra, message):
+    assert_one_params_error(tmp_path, extra, message)
+
+
+def assert_one_params_error(tmp_path, extra, message):
+    """A dry run on ``extra`` params fails with exactly one params-error line matching
+    ``message``."""
     import re
 
     _setup(tmp_path, extra)
