@@ -144,26 +144,25 @@ rule supernet_search:
         _SNS_SEARCH_CMD + "--out-dir results/supernet/search_raw/{wildcards.run} > {log} 2>&1"
 
 
-# the compare run's search job also runs evolution vs random search (sharing its fitness cache)
+# evolution vs random search on the compare run, a job of its own: it runs beside the per-run
+# searches (on another core) instead of delaying that run's search results, so the gold check
+# and the retraining start as soon as the searches are done
 if SNS_COMPARE_RUN is not None:
-
-    ruleorder: supernet_search_compare > supernet_search
 
     rule supernet_search_compare:
         input:
             **{k: (v.format(run=SNS_COMPARE_RUN) if isinstance(v, str) else v)
                for k, v in _SNS_SEARCH_INPUT.items()},
         output:
-            [f"results/supernet/search_raw/{SNS_COMPARE_RUN}/{lim}.json" for lim in SNS_LIMITS],
             compare=f"results/supernet/search/compare/{SNS_COMPARE_RUN}.json",
         params:
             space=_sns_q(SN["space"]),
             search=_SNS_SEARCH_ARG,
             run=SNS_COMPARE_RUN,
         log:
-            f"results/logs/supernet/search/{SNS_COMPARE_RUN}.log",
+            f"results/logs/supernet/search/compare_{SNS_COMPARE_RUN}.log",
         benchmark:
-            f"results/benchmarks/supernet/search_{SNS_COMPARE_RUN}.tsv"
+            f"results/benchmarks/supernet/search_compare_{SNS_COMPARE_RUN}.tsv"
         threads: 1
         priority: 40  # the longest search job: first
         resources:
@@ -172,8 +171,7 @@ if SNS_COMPARE_RUN is not None:
             gpu=0 if SN_DEVICE == "cpu" else 1,
         shell:
             _SNS_SEARCH_CMD.replace("{wildcards.run}", "{params.run}")
-            + "--out-dir results/supernet/search_raw/{params.run} "
-            "--compare-out {output.compare} > {log} 2>&1"
+            + "--only-compare --compare-out {output.compare} > {log} 2>&1"
 
 
 rule supernet_gold_check:
@@ -206,6 +204,7 @@ rule supernet_retrain:
         found=[f"results/supernet/search/{{run}}/{lim}.json" for lim in SNS_LIMITS],
     output:
         # one job per supernet run: every mode of supernet.retrain.modes (inherited | scratch)
+        # (one job per run and mode was measured no faster: 6 process start-ups instead of 3)
         [f"results/supernet/retrain/{{run}}/{mode}.json" for mode in SNS_MODES],
     wildcard_constraints:
         run=r"(hat|mos_layer|mos_neuron)(-e\d+)?-s\d+",
