@@ -1,5 +1,5 @@
 """Plumbing shared by the supernet command lines: JSON arguments, the supernet file, the
-corpus, and the standalone model of an architecture."""
+corpus, the standalone model of an architecture and its gold latency."""
 from __future__ import annotations
 
 import argparse
@@ -80,3 +80,41 @@ def standalone(arch: dict, space, vocab_size: int, device=None):
 
     model = Transformer(PlainConfig.from_arch(arch, vocab_size=vocab_size, qkv_dim=space.qkv_dim))
     return model.to(device) if device is not None else model
+
+
+def reference_arch(space, which: str) -> dict:
+    """The drift-correction reference subnet ``which`` (``smallest`` | ``largest``)."""
+    return space.canonical(space.smallest() if which == "smallest" else space.largest())
+
+
+class GoldLatency:
+    """Gold latency under the latency dataset's protocol (``summary.json``): HAT's measurement
+    of :func:`moebench.supernet.latency.measure_latency`, drift-corrected to the dataset's
+    calibration when the dataset was measured beside a reference subnet."""
+
+    def __init__(self, spec, reference=None, calibration_ms=None) -> None:
+        self.spec, self.reference, self.calibration_ms = spec, reference, calibration_ms
+
+    @classmethod
+    def from_summary(cls, summary: dict, device=None) -> "GoldLatency":
+        from moebench.supernet.model_plain import PlainConfig, Transformer
+        from moebench.supernet.search_params import LatencySpec
+
+        spec = LatencySpec(**summary["protocol"])
+        ref = summary.get("reference")
+        if (ref is None) != (spec.reference is None):
+            raise UsageError("latency summary: protocol.reference and reference disagree "
+                             "(measure the dataset again)")
+        if ref is None:
+            return cls(spec)
+        model = Transformer(PlainConfig.from_arch(ref["arch"], vocab_size=summary["vocab_size"],
+                                                  qkv_dim=summary["qkv_dim"]))
+        return cls(spec, model.to(device) if device is not None else model,
+                   float(ref["calibration_ms"]))
+
+    def measure(self, model) -> dict:
+        """measure_latency's result; corrected (``raw_ms`` = uncorrected) with a reference."""
+        from moebench.supernet.latency import drift_corrected, measure_latency
+
+        m = measure_latency(model, self.spec, self.reference)
+        return m if self.reference is None else drift_corrected(m, self.calibration_ms)

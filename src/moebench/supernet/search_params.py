@@ -22,13 +22,16 @@ from moebench.errors import ParamsError
 
 VARIANTS = ("hat", "mos_layer", "mos_neuron")
 RETRAIN_MODES = ("inherited", "scratch")
-MEASURE_KEYS = ("src_len", "decode_steps", "beam", "warmup", "runs", "trim", "threads", "token")
+MEASURE_KEYS = ("src_len", "decode_steps", "beam", "warmup", "runs", "trim", "threads", "token",
+                "reference")
+REFERENCES = ("smallest", "largest")
 
 
 @dataclass(frozen=True)
 class LatencySpec:
     """The measurement protocol (HAT's values except ``threads``, which HAT leaves at all
-    cores)."""
+    cores). ``reference``: None (HAT) or the space's ``smallest`` / ``largest`` subnet, timed
+    run for run beside every measured model to correct for the machine's speed drift."""
 
     src_len: int = 30
     decode_steps: int = 30
@@ -38,6 +41,7 @@ class LatencySpec:
     trim: float = 0.1
     threads: int = 1
     token: int = 7
+    reference: Optional[str] = None
 
     @classmethod
     def from_params(cls, d: Mapping[str, Any], where: str = "supernet.latency") -> "LatencySpec":
@@ -55,6 +59,9 @@ class LatencySpec:
         t = v["trim"]
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t < 0.5:
             raise ParamsError(f"{where}.trim: {t!r} must be a number in [0, 0.5)")
+        if v["reference"] is not None and v["reference"] not in REFERENCES:
+            raise ParamsError(f"{where}.reference: {v['reference']!r} must be null or one of "
+                              f"{', '.join(REFERENCES)}")
         return cls(**{**v, "trim": float(t)})
 
 

@@ -32,7 +32,7 @@ from moebench.cli.common import OneLineParser, run_parser
 from moebench.io import atomic_write, atomic_write_json
 from moebench.device import resolve_device
 from moebench.supernet import search_io
-from moebench.supernet.search_params import LatencySpec, check_latency, resolve_measure
+from moebench.supernet.search_params import check_latency, resolve_measure
 from moebench.supernet.space import Space
 
 PROG = "moebench.cli.supernet.latency"
@@ -79,8 +79,9 @@ def _dataset_setup(args: argparse.Namespace):
 
 def dataset(args: argparse.Namespace) -> int:
     from moebench.supernet.latency import machine_info, measure_latency
-    from moebench.supernet.latency_dataset import (build_latency_dataset, dataset_archs,
-                                                   dataset_arrays, measurement_spread)
+    from moebench.supernet.latency_dataset import (build_latency_dataset, calibration_ms,
+                                                   dataset_archs, dataset_arrays,
+                                                   measurement_spread)
 
     space, lat, spec, vocab, means = _dataset_setup(args)
     device = resolve_device(lat["device"])
@@ -91,22 +92,29 @@ def dataset(args: argparse.Namespace) -> int:
              device, spec.src_len, spec.decode_steps, spec.beam, spec.warmup, spec.runs,
              spec.threads)
     machine = machine_info(device, spec.threads)
+    ref_arch = None if spec.reference is None else search_io.reference_arch(space, spec.reference)
+    ref = None if ref_arch is None else search_io.standalone(ref_arch, space, vocab, device)
     rows = build_latency_dataset(
         args.work, space, archs, ds["repeats"],
-        lambda a: measure_latency(search_io.standalone(a, space, vocab, device), spec), machine)
+        lambda a: measure_latency(search_io.standalone(a, space, vocab, device), spec, ref),
+        machine, reference=ref is not None)
     _, _, latency = dataset_arrays(rows)
     spread = measurement_spread(rows)
+    reference = None if ref_arch is None else {
+        "subnet": spec.reference, "arch": ref_arch, "calibration_ms": calibration_ms(rows)}
     atomic_write(args.out, lambda fh: fh.write(Path(args.work).read_bytes()))
     qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
     atomic_write_json(args.summary, {
         **machine, "protocol": spec.__dict__, "vocab_size": vocab, "qkv_dim": space.qkv_dim,
         "mean_src_len": means[0], "mean_tgt_len": means[1], "rows": len(latency),
-        "repeats": spread["pairs"], "spread": spread,
+        "repeats": spread["pairs"], "spread": spread, "reference": reference,
         "latency_quantiles_ms": {f"{q:g}": float(np.quantile(latency, q)) for q in qs},
         "latency_mean_ms": float(latency.mean())})
-    log.info("latency %.2f-%.2f ms (median %.2f); run-to-run spread MAPD %s %% over %d pairs",
+    log.info("latency %.2f-%.2f ms (median %.2f); run-to-run spread MAPD %s %% over %d pairs%s",
              latency.min(), latency.max(), float(np.median(latency)),
-             "n/a" if spread["mapd"] is None else f"{spread['mapd']:.2f}", spread["pairs"])
+             "n/a" if spread["mapd"] is None else f"{spread['mapd']:.2f}", spread["pairs"],
+             "" if "mapd_uncorrected" not in spread else
+             f" ({spread['mapd_uncorrected']:.2f} % without the drift correction)")
     return 0
 
 
@@ -116,22 +124,21 @@ def _gold_setup(args: argparse.Namespace):
     from moebench.supernet.search_run import check_machine
 
     summary = json.loads(Path(args.summary).read_text(encoding="utf-8"))
-    spec = LatencySpec(**summary["protocol"])
     device = resolve_device(args.latency_device)
-    check_machine(summary, machine_info(device, spec.threads), args.summary)
-    return summary, spec, device
+    timer = search_io.GoldLatency.from_summary(summary, device)
+    check_machine(summary, machine_info(device, timer.spec.threads), args.summary)
+    return summary, timer, device
 
 
 def check(args: argparse.Namespace) -> int:
-    from moebench.supernet.latency import measure_latency
     from moebench.supernet.search_run import gold_select
 
-    summary, spec, device = _gold_setup(args)
+    summary, timer, device = _gold_setup(args)
     space = Space.from_params(search_io.json_arg(args.space, "--space"))
 
     def gold(arch) -> float:
         model = search_io.standalone(arch, space, summary["vocab_size"], device)
-        return measure_latency(model, spec)["latency_ms"]
+        return timer.measure(model)["latency_ms"]
 
     for path in args.found:
         found = search_io.json_arg(f"@{path}", "--found")
@@ -144,18 +151,17 @@ def check(args: argparse.Namespace) -> int:
 
 
 def final(args: argparse.Namespace) -> int:
-    from moebench.supernet.latency import measure_latency
     from moebench.supernet.retrain import load_model
 
-    _, spec, device = _gold_setup(args)
+    _, timer, device = _gold_setup(args)
     out: dict = {}
     for path in args.retrain:
         res = search_io.json_arg(f"@{path}", "--retrain")
         for limit, r in res["limits"].items():
-            m = measure_latency(load_model(Path(r["model"]), device), spec)
+            m = timer.measure(load_model(Path(r["model"]), device))
             out.setdefault(res["run"], {}).setdefault(res["mode"], {})[limit] = {
-                k: m[k] for k in ("latency_ms", "encoder_ms", "decoder_ms", "device",
-                                  "threads", "torch")} | {
+                k: m[k] for k in ("latency_ms", "raw_ms", "encoder_ms", "decoder_ms", "device",
+                                  "threads", "torch") if k in m} | {
                 "limit_ms": r["limit_ms"], "within_limit": bool(m["latency_ms"] <= r["limit_ms"])}
     atomic_write_json(args.out, out)
     return 0

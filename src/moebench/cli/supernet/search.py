@@ -30,7 +30,7 @@ from moebench.errors import RunError, UsageError
 from moebench.io import atomic_write_json
 from moebench.device import resolve_device
 from moebench.supernet import search_io
-from moebench.supernet.search_params import LatencySpec, check_search
+from moebench.supernet.search_params import check_search
 from moebench.supernet.space import Space
 
 PROG = "moebench.cli.supernet.search"
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
 def build_context(args: argparse.Namespace, search: dict):
     """The supernet, its fitness, the predictor, gold latency and the measured latencies."""
     from moebench.supernet.data import token_batches
-    from moebench.supernet.latency import machine_info, measure_latency
+    from moebench.supernet.latency import machine_info
     from moebench.supernet.latency_dataset import dataset_arrays, read_rows
     from moebench.supernet.predictor import Predictor
     from moebench.supernet.search_run import (SearchContext, check_machine, memoised,
@@ -81,9 +81,9 @@ def build_context(args: argparse.Namespace, search: dict):
     valid = [b.to(device) for b in token_batches(valid_subset(
         corpus, search["fitness"]["valid_sentences"]), search["fitness"]["max_tokens"])]
     summary = json.loads(Path(args.latency_summary).read_text(encoding="utf-8"))
-    spec = LatencySpec(**summary["protocol"])
     lat_device = resolve_device(args.latency_device)
-    check_machine(summary, machine_info(lat_device, spec.threads), args.latency_summary)
+    timer = search_io.GoldLatency.from_summary(summary, lat_device)
+    check_machine(summary, machine_info(lat_device, timer.spec.threads), args.latency_summary)
     predictor = Predictor.load(args.predictor)
     _, _, latencies = dataset_arrays(read_rows(args.latency_dataset))
 
@@ -92,7 +92,7 @@ def build_context(args: argparse.Namespace, search: dict):
 
     def gold(arch):
         model = search_io.standalone(arch, space, summary["vocab_size"], lat_device)
-        return measure_latency(model, spec)["latency_ms"]
+        return timer.measure(model)["latency_ms"]
 
     ctx = SearchContext(space, memoised(space, fitness),
                         lambda a: float(predictor.predict(space.features(a)[None])[0]),
