@@ -96,7 +96,8 @@ def _write_inputs(tmp):
     (lat / "final.json").write_text(json.dumps(final))
     (lat / "summary.json").write_text(json.dumps({"device": "cpu: test"}))
     (lat / "predictor.json").write_text(json.dumps({
-        "rows": {"test": 20}, "spread": {"pairs": 10, "mapd": 3.0, "rmse_ms": 0.2},
+        "rows": {"test": 20}, "spread": {"pairs": 10, "mapd": 3.0, "rmse_ms": 0.2,
+                                         "mapd_uncorrected": 9.0},
         "test": {k: {"rmse_ms": v, "mapd": 2 * v} for k, v in
                  (("mlp", 1.0), ("linear", 1.5), ("mean", 4.0))}}))
     with open(lat / "predictions.csv", "w") as f:
@@ -120,6 +121,10 @@ def test_cli_writes_tables_headline_and_figures(tmp_path):
             assert (t / f"{name}.{ext}").exists()
     assert sorted(p.name for p in t.glob("search_vs_paper.*")) == ["search_vs_paper.csv",
                                                                    "search_vs_paper.md"]
+    pred = list(csv.DictReader((t / "search_predictor.csv").open()))
+    assert [(r["model"], r["mapd"]) for r in pred[3:]] == [
+        ("re-measurement, drift-corrected (run-to-run spread)", "3.0"),
+        ("re-measurement, uncorrected", "9.0")]
     rows = list(csv.DictReader((t / "search.csv").open()))
     assert [r["run"] for r in rows] == ["hat-s1", "mos_layer-e2-s1"]
     assert rows[0]["bleu_retrained"] == "3.5" and rows[1]["within_limit"] == "False"

@@ -46,6 +46,12 @@ def test_workflow_builds_the_search_tables_and_figures(tmp_path):
     assert set(final) == {"hat-s1", "mos_layer-e2-s1", "mos_neuron-e2-s1"}
     summary = json.loads((tmp_path / "results/supernet/latency/summary.json").read_text())
     assert summary["rows"] == 30 and summary["repeats"] == 6 and summary["threads"] == 1
+    # the default drift correction: gold latencies of the final models are scaled to the
+    # dataset's reference time (raw_ms: as measured)
+    assert summary["reference"]["subnet"] == "smallest"
+    assert summary["reference"]["calibration_ms"] > 0 and "mapd_uncorrected" in summary["spread"]
+    assert all("raw_ms" in r for modes in final.values() for lims in modes.values()
+               for r in lims.values())
     again = _snakemake(tmp_path, "-n", "--", "results/tables")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
@@ -56,6 +62,8 @@ def test_workflow_builds_the_search_tables_and_figures(tmp_path):
     ({"retrain": {"scratch": {"steps": 3, "lr": "1e-3"}}},
      r"supernet.retrain.scratch.lr: '1e-3' must be a positive number"),
     ({"latency": {"measure": {"beam": 0}}}, r"supernet.latency.measure.beam: 0 must be a positive"),
+    ({"latency": {"measure": {"reference": "median"}}},
+     r"supernet.latency.measure.reference: 'median' must be null or one of smallest, largest"),
 ])
 def test_bad_search_params_stop_the_workflow_with_one_line(tmp_path, extra, message):
     assert_one_params_error(tmp_path, extra, message)

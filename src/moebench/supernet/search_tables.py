@@ -159,6 +159,10 @@ def predictor_rows(report: Mapping[str, Any]) -> list[Row]:
     s = report["spread"]
     rows.append({"model": "re-measurement (run-to-run spread)", "rmse_ms": s["rmse_ms"],
                  "mapd": s["mapd"], "rows": s["pairs"]})
+    if s.get("mapd_uncorrected") is not None:  # measured beside a reference subnet
+        rows[-1]["model"] = "re-measurement, drift-corrected (run-to-run spread)"
+        rows.append({"model": "re-measurement, uncorrected", "rmse_ms": None,
+                     "mapd": s["mapd_uncorrected"], "rows": s["pairs"]})
     return rows
 
 
