@@ -142,9 +142,11 @@ def calibration_ms(rows: Sequence[Mapping[str, Any]]) -> Optional[float]:
     return float(np.median(refs))
 
 
-def corrected_latency(rows: Sequence[Mapping[str, Any]]) -> list[float]:
-    """Per row its latency (ms), drift-corrected when the rows carry reference times."""
-    calib = calibration_ms(rows)
+def corrected_latency(rows: Sequence[Mapping[str, Any]],
+                      calib: Optional[float] = None) -> list[float]:
+    """Per row its latency (ms), drift-corrected when the rows carry reference times
+    (``calib``: their :func:`calibration_ms`, computed here when not given)."""
+    calib = calibration_ms(rows) if calib is None else calib
     if calib is None:
         return [float(r["latency_ms"]) for r in rows]
     return [float(r["latency_ms"]) * calib / float(r["reference_ms"]) for r in rows]
@@ -171,7 +173,8 @@ def measurement_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     repeat measurement taken as a prediction of the first, over the ``pairs`` re-measured
     (of the drift-corrected latencies when measured with a reference; ``mapd_uncorrected``
     is then the spread of the uncorrected ones)."""
-    latency = corrected_latency(rows)
+    calib = calibration_ms(rows)
+    latency = corrected_latency(rows, calib)
     first = {r["row"]: (lat, r["latency_ms"]) for r, lat in zip(rows, latency) if r["pass"] == 0}
     pairs = [(first[r["row"]], (lat, r["latency_ms"]))
              for r, lat in zip(rows, latency) if r["pass"] == 1]
@@ -179,7 +182,7 @@ def measurement_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return {"pairs": 0, "mapd": None, "rmse_ms": None}
     mapd, rmse = _spread([(a[0], b[0]) for a, b in pairs])
     out = {"pairs": len(pairs), "mapd": mapd, "rmse_ms": rmse}
-    if calibration_ms(rows) is not None:
+    if calib is not None:
         out["mapd_uncorrected"] = _spread([(a[1], b[1]) for a, b in pairs])[0]
     return out
 

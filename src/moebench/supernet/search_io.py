@@ -73,12 +73,14 @@ def mean_lengths(corpus, split: str = "test") -> tuple[float, float]:
     return (sum(len(s) for s in part.src) / len(part), sum(len(t) for t in part.tgt) / len(part))
 
 
-def standalone(arch: dict, space, vocab_size: int, device=None):
+def standalone(arch: dict, space, vocab_size: int, device=None, qkv_dim=None):
     """A freshly initialised standalone Transformer of ``arch`` (the exported model's class
-    and shapes; latency does not depend on the weights' values)."""
+    and shapes; latency does not depend on the weights' values). ``qkv_dim``: instead of the
+    space's (then ``space`` may be None)."""
     from moebench.supernet.model_plain import PlainConfig, Transformer
 
-    model = Transformer(PlainConfig.from_arch(arch, vocab_size=vocab_size, qkv_dim=space.qkv_dim))
+    qkv = space.qkv_dim if qkv_dim is None else qkv_dim
+    model = Transformer(PlainConfig.from_arch(arch, vocab_size=vocab_size, qkv_dim=qkv))
     return model.to(device) if device is not None else model
 
 
@@ -97,7 +99,6 @@ class GoldLatency:
 
     @classmethod
     def from_summary(cls, summary: dict, device=None) -> "GoldLatency":
-        from moebench.supernet.model_plain import PlainConfig, Transformer
         from moebench.supernet.search_params import LatencySpec
 
         spec = LatencySpec(**summary["protocol"])
@@ -107,10 +108,9 @@ class GoldLatency:
                              "(measure the dataset again)")
         if ref is None:
             return cls(spec)
-        model = Transformer(PlainConfig.from_arch(ref["arch"], vocab_size=summary["vocab_size"],
-                                                  qkv_dim=summary["qkv_dim"]))
-        return cls(spec, model.to(device) if device is not None else model,
-                   float(ref["calibration_ms"]))
+        model = standalone(ref["arch"], None, summary["vocab_size"], device,
+                           qkv_dim=summary["qkv_dim"])
+        return cls(spec, model, float(ref["calibration_ms"]))
 
     def measure(self, model) -> dict:
         """measure_latency's result; corrected (``raw_ms`` = uncorrected) with a reference."""
